@@ -1,0 +1,513 @@
+"""Reading a chest CT: DICOM series (folder or zip), NIfTI, MHA or NRRD -> :class:`Volume`.
+
+The first stage of the pipeline. Everything downstream works on ``Volume.hu``,
+an int16 array of Hounsfield units indexed (z, y, x), and uses the geometry kept
+here (spacing, origin, direction) to put every output back in the source space.
+
+pydicom parses the DICOM headers and decodes the pixel data (with the pylibjpeg
+plugins for JPEG 2000, JPEG-LS, JPEG lossless and RLE); SimpleITK reads the
+research formats. The checks on a series are written here because no library
+gives an error a person can act on ("slice 23 is missing between z=-120.0 and
+z=-110.0 mm") -- SimpleITK's series reader silently sorts and stacks whatever it
+is given.
+
+Identifiers in DICOM headers (names, IDs) are never put into a message or a log:
+messages name files, tags and values of geometry only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+
+from coviax.errors import GeometryError, NotCTError, PixelDataError, ScanError, UnsafeArchiveError
+
+log = logging.getLogger(__name__)
+
+#: Formats read with SimpleITK, by file name ending.
+RESEARCH_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+#: HU are clipped to this range: values below -1024 are padding outside the
+#: reconstruction circle (-2000, -3024), values above 3071 are metal.
+HU_MIN, HU_MAX = -1024, 3071
+
+#: Limits that protect the reader from hostile or broken input (FIELD_NOTES:
+#: check declared sizes against real bytes before decoding anything).
+MAX_SLICE_PIXELS = 2048 * 2048
+MAX_SLICES = 2000
+MAX_ZIP_BYTES = 8 * 1024**3
+MAX_ZIP_RATIO = 200
+
+#: Relative tolerances for the geometry checks.
+GAP_FACTOR = 1.5  # a gap larger than 1.5x the median spacing is a missing slice
+DUPLICATE_FRACTION = 0.01  # two slices closer than 1 % of the spacing are duplicates
+ORIENTATION_TOLERANCE = 1e-3
+
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+@dataclass
+class Volume:
+    """A CT volume in Hounsfield units with its patient geometry.
+
+    Attributes
+    ----------
+    hu:
+        int16 array (z, y, x) in Hounsfield units, clipped to [-1024, 3071].
+    spacing_zyx:
+        voxel size in mm along (z, y, x).
+    origin_xyz:
+        patient position (LPS, mm) of the centre of voxel (0, 0, 0).
+    direction:
+        3x3 matrix whose columns are the patient (LPS) directions of the x, y and
+        z array axes, as SimpleITK and DICOM define them.
+    series_uid:
+        SeriesInstanceUID of the source DICOM series (None for NIfTI and MHA).
+    source_headers:
+        the source DICOM datasets without pixel data, in the order of ``hu``'s
+        z axis (the DICOM SEG references them). Empty for non-DICOM input.
+    """
+
+    hu: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+    origin_xyz: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    series_uid: str | None = None
+    source_format: str = "array"
+    source_path: str = ""
+    source_headers: list[pydicom.Dataset] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.hu.shape)  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing_zyx)) / 1000.0
+
+    def index_to_patient(self, zyx: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Patient coordinates (LPS, mm) of array indices (z, y, x); accepts (..., 3)."""
+        zyx = np.asarray(zyx, dtype=np.float64)
+        xyz_mm = zyx[..., ::-1] * np.asarray(self.spacing_zyx[::-1])
+        return np.asarray(self.origin_xyz) + xyz_mm @ self.direction.T
+
+    def to_sitk(self, array: np.ndarray | None = None) -> sitk.Image:
+        """A SimpleITK image of ``array`` (default: the HU) in this volume's geometry."""
+        image = sitk.GetImageFromArray(self.hu if array is None else array)
+        image.SetSpacing(tuple(float(s) for s in self.spacing_zyx[::-1]))
+        image.SetOrigin(tuple(float(o) for o in self.origin_xyz))
+        image.SetDirection(tuple(float(d) for d in self.direction.ravel()))
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, **kwargs) -> "Volume":
+        hu = sitk.GetArrayFromImage(image)
+        return cls(
+            hu=hu,
+            spacing_zyx=tuple(float(s) for s in image.GetSpacing()[::-1]),
+            origin_xyz=tuple(float(o) for o in image.GetOrigin()),
+            direction=np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3),
+            **kwargs,
+        )
+
+    @property
+    def superior_axis_sign(self) -> float:
+        """+1 if increasing z index goes towards the head (S), -1 if towards the feet."""
+        return float(np.sign(self.direction[2, 2]) or 1.0)
+
+
+def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """Read a chest CT from a DICOM folder, a zip of DICOM files, or a NIfTI/MHA/NRRD file.
+
+    Parameters
+    ----------
+    path:
+        a folder (searched recursively), a ``.zip``, a single DICOM file (rejected:
+        one slice is not a volume) or a NIfTI/MHA/NRRD file.
+    series_uid:
+        the SeriesInstanceUID to read when the input holds several series; by
+        default the CT series with the most slices.
+
+    Raises
+    ------
+    ScanError
+        (and its subclasses) with a message naming the file, tag and value at fault.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ScanError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _read_dicom_folder(path, series_uid, display_root=path)
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        with tempfile.TemporaryDirectory(prefix="coviax-zip-") as tmp:
+            safe_extract_zip(path, Path(tmp))
+            volume = _read_dicom_folder(Path(tmp), series_uid, display_root=Path(tmp))
+            volume.source_path = str(path)
+            return volume
+    if name.endswith(RESEARCH_SUFFIXES):
+        return _read_research_image(path)
+    # A lone file: DICOM or not, it cannot be a volume.
+    try:
+        pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise ScanError(
+            f"{path}: not a DICOM file, zip, folder or NIfTI/MHA/NRRD file ({exc.__class__.__name__})"
+        ) from None
+    raise GeometryError(
+        f"{path}: a single DICOM slice; COViaX needs a volume (a folder or zip of the whole series)"
+    )
+
+
+# --------------------------------------------------------------------------- zip
+
+
+def safe_extract_zip(archive: Path, target: Path) -> None:
+    """Extract ``archive`` into ``target``, refusing path traversal, links and zip bombs.
+
+    zipfile itself strips ``..`` from names on extraction, silently; we refuse the
+    whole archive instead, because a member that tries to escape is a sign of a
+    hostile or broken upload and the user should know.
+    """
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as exc:
+        raise ScanError(f"{archive}: not a valid zip archive ({exc})") from None
+    with zf:
+        total = 0
+        target_resolved = target.resolve()
+        for info in zf.infolist():
+            member = info.filename
+            dest = (target / member).resolve()
+            if member.startswith(("/", "\\")) or ".." in Path(member).parts or not (
+                dest == target_resolved or target_resolved in dest.parents
+            ):
+                raise UnsafeArchiveError(
+                    f"{archive}: member {member!r} would be written outside the extraction folder; "
+                    "refusing the archive"
+                )
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise UnsafeArchiveError(f"{archive}: member {member!r} is a symbolic link; refusing the archive")
+            total += info.file_size
+            if total > MAX_ZIP_BYTES:
+                raise UnsafeArchiveError(
+                    f"{archive}: unpacks to more than {MAX_ZIP_BYTES // 1024**3} GiB; refusing the archive"
+                )
+            if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO and info.file_size > 2**20:
+                raise UnsafeArchiveError(
+                    f"{archive}: member {member!r} expands {info.file_size / info.compress_size:.0f}x "
+                    f"(limit {MAX_ZIP_RATIO}x); refusing a likely zip bomb"
+                )
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            dest = target / info.filename
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+
+# ----------------------------------------------------------------- research files
+
+
+def _read_research_image(path: Path) -> Volume:
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise ScanError(f"{path}: cannot be read as an image ({first_line})") from None
+    if image.GetDimension() != 3 or image.GetSize()[2] < 2:
+        raise GeometryError(
+            f"{path}: image of size {image.GetSize()}; COViaX needs a 3D volume with at least 2 slices"
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ScanError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a grey CT")
+    warnings: list[str] = []
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    if abs(direction[2, 2]) < 0.8:
+        # Not stored as axial slices: reorient losslessly (axis permutation and
+        # flips only) so that the array's first axis runs along the body.
+        image = sitk.DICOMOrient(image, "LPS")
+        warnings.append(f"{path.name}: volume was not stored as axial slices; reoriented to LPS for analysis")
+    raw = sitk.GetArrayFromImage(image).astype(np.float32)
+    _check_plausible_hu(raw, where=str(path), hint="If the file stores raw detector values, convert it to HU first.")
+    image_hu = sitk.GetImageFromArray(np.clip(np.rint(raw), HU_MIN, HU_MAX).astype(np.int16))
+    image_hu.CopyInformation(image)
+    suffix = next(s for s in RESEARCH_SUFFIXES if path.name.lower().endswith(s))
+    return Volume.from_sitk(
+        image_hu, source_format=suffix.lstrip("."), source_path=str(path), warnings=warnings
+    )
+
+
+def _check_plausible_hu(values: np.ndarray, where: str, hint: str) -> None:
+    """Reject volumes whose values cannot be Hounsfield units of a chest CT.
+
+    A chest CT always contains air (outside the body and in the lungs) near
+    -1000 HU. Volumes with nothing below -200 are almost surely unrescaled raw
+    values or a non-CT image, and would give all-empty lung masks (a known
+    lungmask pitfall).
+    """
+    low = float(np.percentile(values[:: max(1, values.shape[0] // 8)], 1))
+    if low > -200:
+        raise ScanError(
+            f"{where}: values are not plausibly Hounsfield units (1st percentile {low:.0f}, "
+            f"minimum {float(values.min()):.0f}; air in a chest CT is near -1000 HU). {hint}"
+        )
+
+
+# ------------------------------------------------------------------------- DICOM
+
+
+@dataclass
+class _Slice:
+    path: Path
+    ds: pydicom.Dataset
+
+
+def _iter_files(root: Path) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _read_dicom_file(path: Path, display: str) -> pydicom.Dataset | None:
+    """Parse one file; None if it is not DICOM at all, ScanError if it is DICOM but broken."""
+    is_dicom = _has_dicom_preamble(path)
+    try:
+        ds = pydicom.dcmread(path, force=False)
+    except InvalidDicomError:
+        if is_dicom:
+            raise ScanError(f"{display}: corrupt DICOM file (has the DICM marker but cannot be parsed)") from None
+        return None
+    except (EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        if not is_dicom:
+            return None
+        raise ScanError(f"{display}: corrupt or truncated DICOM file ({exc.__class__.__name__}: {exc})") from None
+    return ds
+
+
+def _read_dicom_folder(root: Path, series_uid: str | None, display_root: Path) -> Volume:
+    files = list(_iter_files(root))
+    if not files:
+        raise ScanError(f"{display_root}: the folder is empty; expected the DICOM files of a CT series")
+    series: dict[str, list[_Slice]] = {}
+    not_dicom: list[str] = []
+    for path in files:
+        display = str(path.relative_to(root)) if root != display_root else str(path)
+        ds = _read_dicom_file(path, display)
+        if ds is None:
+            not_dicom.append(display)
+            continue
+        if str(getattr(ds, "SOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
+            continue  # a DICOMDIR index; we walk the files themselves
+        uid = str(getattr(ds, "SeriesInstanceUID", "")) or "(no SeriesInstanceUID)"
+        series.setdefault(uid, []).append(_Slice(path=Path(display), ds=ds))
+    if not series:
+        example = ", ".join(not_dicom[:3])
+        raise ScanError(f"{display_root}: no DICOM files found among {len(files)} files (e.g. {example})")
+
+    chosen_uid = _choose_series(series, series_uid, display_root)
+    slices = series[chosen_uid]
+    volume = _stack_series(slices, display_root)
+    volume.series_uid = chosen_uid
+    volume.source_path = str(display_root)
+    if not_dicom:
+        volume.warnings.append(f"{len(not_dicom)} non-DICOM files ignored (e.g. {not_dicom[0]})")
+    if len(series) > 1:
+        volume.warnings.append(f"{len(series)} series found; read {chosen_uid} ({len(slices)} slices)")
+    return volume
+
+
+def _is_localizer(ds: pydicom.Dataset) -> bool:
+    image_type = [str(v).upper() for v in getattr(ds, "ImageType", [])]
+    return "LOCALIZER" in image_type
+
+
+def _choose_series(series: dict[str, list[_Slice]], wanted: str | None, where: Path) -> str:
+    if wanted is not None:
+        if wanted not in series:
+            listing = "; ".join(f"{uid} ({len(s)} files)" for uid, s in series.items())
+            raise ScanError(f"{where}: series {wanted} not found; series present: {listing}")
+        slices = series[wanted]
+        _require_ct(slices[0])
+        return wanted
+    ct = {uid: s for uid, s in series.items() if str(getattr(s[0].ds, "Modality", "")).upper() == "CT"}
+    if not ct:
+        first = next(iter(series.values()))[0]
+        _require_ct(first)  # raises with the file name and the modality found
+    axial = {uid: s for uid, s in ct.items() if not _is_localizer(s[0].ds)} or ct
+    return max(axial, key=lambda uid: len(axial[uid]))
+
+
+def _require_ct(s: _Slice) -> None:
+    modality = str(getattr(s.ds, "Modality", "")) or "(absent)"
+    if modality.upper() != "CT":
+        raise NotCTError(
+            f"{s.path}: Modality (0008,0060) is {modality!r}; COViaX analyses CT series only "
+            "(lung density in Hounsfield units has no meaning in other modalities)"
+        )
+
+
+def _require(ds: pydicom.Dataset, keyword: str, tag: str, path: Path, why: str):
+    value = getattr(ds, keyword, None)
+    if value is None or value == "":
+        raise ScanError(f"{path}: missing {keyword} {tag}; {why}")
+    return value
+
+
+def _stack_series(slices: list[_Slice], where: Path) -> Volume:
+    for s in slices:
+        _require_ct(s)
+        if int(getattr(s.ds, "NumberOfFrames", 1) or 1) > 1:
+            raise ScanError(
+                f"{s.path}: a multi-frame (enhanced) CT image with {s.ds.NumberOfFrames} frames; "
+                "COViaX reads single-frame CT series only. Convert with dcm2niix or export classic CT from the PACS."
+            )
+    if len(slices) < 2:
+        raise GeometryError(
+            f"{slices[0].path}: the series has a single slice; COViaX needs a volume (at least 2 slices, "
+            "a chest CT has 50-1000)"
+        )
+    if len(slices) > MAX_SLICES:
+        raise ScanError(f"{where}: {len(slices)} slices exceed the limit of {MAX_SLICES}")
+
+    first = slices[0]
+    iop0 = np.asarray(
+        _require(first.ds, "ImageOrientationPatient", "(0020,0037)", first.path, "cannot place the slices"),
+        dtype=np.float64,
+    )
+    rows, cols = int(first.ds.Rows), int(first.ds.Columns)
+    if rows * cols > MAX_SLICE_PIXELS:
+        raise ScanError(f"{first.path}: Rows x Columns = {rows}x{cols} exceeds the limit of {MAX_SLICE_PIXELS} pixels")
+    pixel_spacing = _require(first.ds, "PixelSpacing", "(0028,0030)", first.path, "cannot measure volumes")
+    for s in slices:
+        _require(s.ds, "ImagePositionPatient", "(0020,0032)", s.path, "cannot place the slice in the volume")
+        iop = np.asarray(
+            _require(s.ds, "ImageOrientationPatient", "(0020,0037)", s.path, "cannot place the slices"),
+            dtype=np.float64,
+        )
+        if np.max(np.abs(iop - iop0)) > ORIENTATION_TOLERANCE:
+            raise GeometryError(
+                f"mixed orientations: {s.path} has ImageOrientationPatient {list(np.round(iop, 4))} but "
+                f"{first.path} has {list(np.round(iop0, 4))}; one series must have one orientation"
+            )
+        if int(s.ds.Rows) != rows or int(s.ds.Columns) != cols:
+            raise GeometryError(
+                f"{s.path}: {s.ds.Rows}x{s.ds.Columns} pixels but {first.path} has {rows}x{cols}"
+            )
+
+    row_cos, col_cos = iop0[:3], iop0[3:]
+    normal = np.cross(row_cos, col_cos)
+    if abs(normal[2]) < 0.8:
+        raise GeometryError(
+            f"{first.path}: slices are not axial (slice normal {list(np.round(normal, 3))}); "
+            "COViaX analyses axial chest CT series"
+        )
+    positions = np.array([np.dot(np.asarray(s.ds.ImagePositionPatient, dtype=np.float64), normal) for s in slices])
+    order = np.argsort(positions, kind="stable")
+    slices = [slices[i] for i in order]
+    positions = positions[order]
+    steps = np.diff(positions)
+    median_step = float(np.median(steps))
+    if median_step <= 0:
+        raise GeometryError(f"{where}: all {len(slices)} slices share one position along the slice normal")
+    for i, step in enumerate(steps):
+        if step < DUPLICATE_FRACTION * median_step:
+            raise GeometryError(
+                f"duplicate slice position: {slices[i].path} and {slices[i + 1].path} are both at "
+                f"{positions[i]:.2f} mm along the slice normal; remove the duplicate"
+            )
+        if step > GAP_FACTOR * median_step:
+            missing = int(round(step / median_step)) - 1
+            raise GeometryError(
+                f"missing slice: a gap of {step:.2f} mm between {slices[i].path} ({positions[i]:.2f} mm) and "
+                f"{slices[i + 1].path} ({positions[i + 1]:.2f} mm), {step / median_step:.1f}x the median "
+                f"spacing of {median_step:.2f} mm (about {missing} slice(s) missing)"
+            )
+
+    hu = np.empty((len(slices), rows, cols), dtype=np.int16)
+    low_percentiles = []
+    for k, s in enumerate(slices):
+        pixels = _decode_pixels(s)
+        slope = float(_require(s.ds, "RescaleSlope", "(0028,1053)", s.path, "cannot convert to Hounsfield units"))
+        intercept = float(
+            _require(s.ds, "RescaleIntercept", "(0028,1052)", s.path, "cannot convert to Hounsfield units")
+        )
+        values = pixels.astype(np.float32) * slope + intercept
+        if k % max(1, len(slices) // 8) == 0:
+            low_percentiles.append(values)
+        hu[k] = np.clip(np.rint(values), HU_MIN, HU_MAX).astype(np.int16)
+    _check_plausible_hu(
+        np.stack(low_percentiles),
+        where=f"{where} (series of {len(slices)} slices)",
+        hint="Check RescaleSlope (0028,1053) and RescaleIntercept (0028,1052): raw CT values need an "
+        "intercept of about -1024.",
+    )
+
+    headers = []
+    for s in slices:
+        header = s.ds.copy()
+        if "PixelData" in header:
+            del header.PixelData
+        headers.append(header)
+    origin = tuple(float(v) for v in slices[0].ds.ImagePositionPatient)
+    direction = np.stack([row_cos, col_cos, normal], axis=1)
+    return Volume(
+        hu=hu,
+        spacing_zyx=(median_step, float(pixel_spacing[0]), float(pixel_spacing[1])),
+        origin_xyz=origin,  # type: ignore[arg-type]
+        direction=direction,
+        source_format="dicom",
+        source_headers=headers,
+    )
+
+
+def _decode_pixels(s: _Slice) -> np.ndarray:
+    ds = s.ds
+    if "PixelData" not in ds:
+        raise PixelDataError(f"{s.path}: no pixel data (7FE0,0010); the file holds only a header")
+    tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    ts_name = getattr(tsuid, "name", str(tsuid)) if tsuid is not None else "(no TransferSyntaxUID)"
+    bits = int(getattr(ds, "BitsAllocated", 16))
+    if tsuid is not None and not tsuid.is_compressed:
+        expected = int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1)) * bits // 8
+        actual = len(ds.PixelData)
+        if actual < expected:
+            raise PixelDataError(
+                f"{s.path}: truncated pixel data: {actual} bytes for Rows x Columns = {ds.Rows}x{ds.Columns} "
+                f"at {bits} bits ({expected} bytes expected)"
+            )
+    try:
+        pixels = ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        raise PixelDataError(
+            f"{s.path}: cannot decode pixel data in transfer syntax {ts_name} ({tsuid}): {exc}. "
+            "Install the pylibjpeg plugins or re-export the series uncompressed."
+        ) from None
+    except (ValueError, EOFError, OSError) as exc:
+        raise PixelDataError(f"{s.path}: corrupt pixel data in transfer syntax {ts_name}: {exc}") from None
+    if pixels.ndim != 2:
+        raise PixelDataError(f"{s.path}: pixel data of shape {pixels.shape}; expected one grey 2D slice")
+    return pixels
