@@ -305,6 +305,13 @@ def _read_dicom_file(path: Path, display: str) -> pydicom.Dataset | None:
         if not is_dicom:
             return None
         raise ScanError(f"{display}: corrupt or truncated DICOM file ({exc.__class__.__name__}: {exc})") from None
+    meta = getattr(ds, "file_meta", None)
+    if "SOPClassUID" not in ds and (meta is None or "MediaStorageSOPClassUID" not in meta):
+        # pydicom parses almost any bytes after a DICM marker; a file with no
+        # SOP class in header or meta is not a usable DICOM object.
+        if is_dicom:
+            raise ScanError(f"{display}: corrupt DICOM file (DICM marker present but no SOP Class UID (0008,0016))")
+        return None
     return ds
 
 

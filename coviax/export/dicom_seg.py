@@ -1,0 +1,97 @@
+"""DICOM Segmentation (highdicom) that overlays on the source CT series in a viewer.
+
+One segment per class present: healthy lung, vessel, ground-glass opacity,
+consolidation. Frames reference the source instances, so a PACS viewer places
+them on the original slices. Not every PACS shows SEG; the PNG montage (and
+later an overlay series) covers those.
+
+Patient and study attributes are copied from the source by highdicom (the SEG
+must join the patient's study); our code never logs or prints them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+import coviax
+from coviax.labels import Label
+
+_ANATOMY = Code("91723000", "SCT", "Anatomical Structure")
+_ABNORMAL = Code("49755003", "SCT", "Morphologically Abnormal Structure")
+
+#: (label, segment label, category, property type) -- codes from DICOM CID 7150 / 6104 and SNOMED CT.
+SEGMENTS = (
+    (Label.HEALTHY_LUNG, "Healthy lung", _ANATOMY, Code("39607008", "SCT", "Lung")),
+    (Label.VESSEL, "Vessel", _ANATOMY, Code("59820001", "SCT", "Blood vessel")),
+    (Label.GGO, "Ground-glass opacity", _ABNORMAL, Code("112120", "DCM", "Ground glass opacity")),
+    (Label.CONSOLIDATION, "Consolidation", _ABNORMAL, Code("95436008", "SCT", "Lung consolidation")),
+)
+
+
+def write_dicom_seg(labels: np.ndarray, volume, path: str | Path, algorithm: str) -> Path:
+    """Write ``labels`` (z y x, same order as ``volume.source_headers``) as a DICOM SEG.
+
+    Raises
+    ------
+    ValueError
+        if the volume was not read from DICOM (a SEG needs source instances).
+    """
+    if not volume.source_headers:
+        raise ValueError("a DICOM SEG needs a DICOM source series; this scan was read from " + volume.source_format)
+    present = [s for s in SEGMENTS if np.any(labels == s[0])]
+    if not present:
+        present = [SEGMENTS[0]]
+    algorithm_id = hd.AlgorithmIdentificationSequence(
+        name="COViaX " + algorithm,
+        version=coviax.__version__,
+        # K-means is cluster analysis; the U-Net is artificial intelligence (DICOM CID 7162).
+        family=codes.cid7162.ClusterAnalysis if "kmeans" in algorithm else codes.cid7162.ArtificialIntelligence,
+    )
+    descriptions = []
+    # A label map with segment numbers 1..n in the order of `present`.
+    label_map = np.zeros(labels.shape, dtype=np.uint8)
+    for number, (label, name, category, prop) in enumerate(present, start=1):
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=name,
+                segmented_property_category=category,
+                segmented_property_type=prop,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm_id,
+            )
+        )
+        label_map[labels == label] = number
+    with warnings.catch_warnings():
+        # highdicom warns about the format of the source's PatientName and
+        # quotes it in the message: never let a patient name reach a log.
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        seg = _segmentation(volume, label_map, descriptions)
+    path = Path(path)
+    seg.save_as(path)
+    return path
+
+
+def _segmentation(volume, label_map: np.ndarray, descriptions: list) -> hd.seg.Segmentation:
+    return hd.seg.Segmentation(
+        source_images=volume.source_headers,
+        pixel_array=label_map,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=9901,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="COViaX",
+        manufacturer_model_name="COViaX (research use only)",
+        software_versions=coviax.__version__,
+        device_serial_number="0",
+        series_description="COViaX lung lesions (research use only)",
+        omit_empty_frames=True,
+    )

@@ -1,0 +1,164 @@
+"""The whole path in one place: scan -> lungs -> lesions -> quantities -> exports.
+
+:func:`run` is what ``coviax segment``, the gRPC service and the benchmarks
+call. Each stage is timed; ``progress(stage, state)`` is told when a stage
+starts and ends so a shell can draw a bar or write log lines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from coviax.errors import OptionError
+from coviax.export.report import build_report, write_report
+from coviax.lesions import ENGINES, Engine, LesionLabels, make_engine
+from coviax.lungs import LUNG_METHODS, LungMask, segment_lungs
+from coviax.quantify import Quantities, quantify
+from coviax.scan import Volume, read_scan
+
+STAGES = ("read", "lungs", "lesions", "quantities", "exports")
+OUTPUTS = ("report", "nifti", "seg", "png")
+
+Progress = Callable[[str, str], None]
+
+
+@dataclass
+class SegmentOptions:
+    lungs: str = "auto"  # auto | lungmask | classical
+    engine: str = "kmeans"  # kmeans | unet | threshold
+    weights: str | None = None  # U-Net checkpoint
+    lung_weights: str | None = None  # lungmask weights
+    device: str = "cpu"
+    series_uid: str | None = None
+    outputs: tuple[str, ...] = OUTPUTS
+    max_blobs: int = 10
+    study_label: str | None = None
+
+    def validate(self) -> None:
+        if self.lungs not in LUNG_METHODS:
+            raise OptionError(f"unknown lung method {self.lungs!r}; choose one of {', '.join(LUNG_METHODS)}")
+        if self.engine not in ENGINES:
+            raise OptionError(f"unknown lesion engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        unknown = set(self.outputs) - set(OUTPUTS)
+        if unknown:
+            raise OptionError(f"unknown outputs {sorted(unknown)}; choose from {', '.join(OUTPUTS)}")
+        if not 0 <= self.max_blobs <= 1000:
+            raise OptionError(f"max_blobs {self.max_blobs} outside 0..1000")
+
+
+@dataclass
+class Result:
+    report: dict
+    artifacts: dict[str, Path]
+    volume: Volume
+    lungs: LungMask
+    lesions: LesionLabels
+    quantities: Quantities
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self, progress: Progress | None):
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    def stage(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.start = time.perf_counter()
+                if timer.progress:
+                    timer.progress(name, "start")
+
+            def __exit__(self, exc_type, exc, tb):
+                timer.timings[name] = time.perf_counter() - self.start
+                if timer.progress and exc_type is None:
+                    timer.progress(name, "end")
+
+        return _Stage()
+
+
+def run(
+    scan: str | Path | Volume,
+    out_dir: str | Path | None,
+    options: SegmentOptions | None = None,
+    progress: Progress | None = None,
+    engine: Engine | None = None,
+) -> Result:
+    """Analyse one scan and write the requested outputs into ``out_dir``.
+
+    Parameters
+    ----------
+    scan:
+        a path :func:`coviax.scan.read_scan` accepts, or an already read Volume.
+    out_dir:
+        folder for report.json, labels.nii.gz, seg.dcm, montage.png (created);
+        None writes nothing.
+    engine:
+        a ready lesion engine (the service builds one and shares it); by default
+        one is made from ``options``.
+
+    Raises
+    ------
+    CoviaxError
+        (subclasses) for bad input, missing weights or impossible options.
+    """
+    options = options or SegmentOptions()
+    options.validate()
+    timer = _Timer(progress)
+    started = time.perf_counter()
+    if engine is None:
+        engine = make_engine(options.engine, weights=options.weights, device=options.device)
+    with timer.stage("read"):
+        volume = scan if isinstance(scan, Volume) else read_scan(scan, series_uid=options.series_uid)
+    with timer.stage("lungs"):
+        lungs = segment_lungs(volume, options.lungs, weights=options.lung_weights, device=options.device)
+    with timer.stage("lesions"):
+        lesions = engine.segment(volume, lungs)
+    with timer.stage("quantities"):
+        quantities = quantify(lesions.labels, lungs.labels, volume, max_blobs=options.max_blobs)
+    artifacts: dict[str, Path] = {}
+    with timer.stage("exports"):
+        report = build_report(volume, lungs, lesions, quantities, timer.timings, options.study_label)
+        if out_dir is not None:
+            artifacts = write_outputs(out_dir, volume, lesions, report, options.outputs)
+    timer.timings["total"] = time.perf_counter() - started
+    report["timings_s"] = {k: round(v, 3) for k, v in timer.timings.items()}
+    report["artifacts"] = {k: p.name for k, p in artifacts.items()}
+    if out_dir is not None and "report" in options.outputs:
+        artifacts["report"] = write_report(report, Path(out_dir) / "report.json")
+        report["artifacts"]["report"] = "report.json"
+    return Result(report, artifacts, volume, lungs, lesions, quantities, timer.timings)
+
+
+def write_outputs(out_dir, volume: Volume, lesions: LesionLabels, report: dict, outputs) -> dict[str, Path]:
+    """Write the image outputs; the report itself is written last by :func:`run`."""
+    from coviax.export.dicom_seg import write_dicom_seg
+    from coviax.export.montage import write_montage
+    from coviax.export.nifti import write_labels_nifti
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts: dict[str, Path] = {}
+    if "nifti" in outputs:
+        artifacts["labels_nifti"] = write_labels_nifti(lesions.labels, volume, out / "labels.nii.gz")
+    if "seg" in outputs:
+        if volume.source_headers:
+            artifacts["dicom_seg"] = write_dicom_seg(lesions.labels, volume, out / "seg.dcm", lesions.engine)
+        else:
+            report["input"]["warnings"].append("no DICOM SEG written: the input was not a DICOM series")
+    if "png" in outputs:
+        title = f"VRall {report['ratios_pct']['all']:.1f} %  VRggo {report['ratios_pct']['ggo']:.1f} %  VRcs {report['ratios_pct']['consolidation']:.1f} %"
+        artifacts["montage"] = write_montage(volume.hu, lesions.labels, out / "montage.png", title=title)
+    return artifacts
+
+
+def label_counts(labels: np.ndarray) -> dict[int, int]:
+    """Voxels per label code (for tests and diagnostics)."""
+    return {int(k): int(np.count_nonzero(labels == k)) for k in range(5)}
