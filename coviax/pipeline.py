@@ -132,8 +132,8 @@ def run(
     report["timings_s"] = {k: round(v, 3) for k, v in timer.timings.items()}
     report["artifacts"] = {k: p.name for k, p in artifacts.items()}
     if out_dir is not None and "report" in options.outputs:
-        artifacts["report"] = write_report(report, Path(out_dir) / "report.json")
         report["artifacts"]["report"] = "report.json"
+        artifacts["report"] = write_report(report, Path(out_dir) / "report.json")
     return Result(report, artifacts, volume, lungs, lesions, quantities, timer.timings)
 
 

@@ -11,6 +11,7 @@ when they are absent. lungmask is imported lazily: on import it silences all
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,7 @@ def segment_lungs_lungmask(volume, weights: str | None = None, device: str = "cp
         inferer = LMInferer(
             modelpath=str(path), force_cpu=(device == "cpu"), batch_size=20, tqdm_disable=True
         )
-    except (RuntimeError, KeyError, EOFError) as exc:
+    except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise WeightsNotFoundError(
             f"{path}: not a usable lungmask state dict for {model} ({exc.__class__.__name__}: {str(exc)[:200]})"
         ) from None
