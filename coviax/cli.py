@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--blobs", type=int, default=10, help="number of largest lesion blobs to report")
     seg.set_defaults(func=_cmd_segment)
 
-    for module in ("coviax.stats_cli", "coviax.phantom_cli", "coviax.eval_cli"):
+    for module in ("coviax.stats_cli", "coviax.phantom_cli", "coviax.eval_cli", "coviax_service.cli", "coviax_trainer.cli"):
         _add_optional(sub, module)
     return parser
 
