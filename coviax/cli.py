@@ -95,6 +95,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     options = SegmentOptions(
         lungs=args.lungs, engine=args.engine, weights=args.weights, lung_weights=args.lung_weights,
         device=args.device, series_uid=args.series_uid, max_blobs=args.blobs,
+        precision=args.precision, backend=args.backend,
     )
     with StageReporter() as reporter:
         result = run(path, args.out, options, progress=reporter)
@@ -122,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--weights", help="U-Net checkpoint (default: $COVIAX_WEIGHTS or the shipped U-Net B)")
     seg.add_argument("--lung-weights", help="lungmask weights file (default: $COVIAX_LUNGMASK_WEIGHTS or torch hub cache)")
     seg.add_argument("--device", default="cpu", help="cpu or cuda")
+    seg.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                     help="U-Net arithmetic; auto = bf16 on CPUs with bf16 units, fp16 on CUDA, else fp32")
+    seg.add_argument("--backend", default="auto", choices=["auto", "torch", "tensorrt"],
+                     help="U-Net runtime on CUDA; auto = TensorRT when installed (checked against torch), else torch")
     seg.add_argument("--series-uid", help="SeriesInstanceUID to read when the input holds several series")
     seg.add_argument("--blobs", type=int, default=10, help="number of largest lesion blobs to report")
     seg.set_defaults(func=_cmd_segment)

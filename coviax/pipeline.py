@@ -34,6 +34,8 @@ class SegmentOptions:
     weights: str | None = None  # U-Net checkpoint
     lung_weights: str | None = None  # lungmask weights
     device: str = "cpu"
+    precision: str = "auto"  # U-Net: auto | fp32 | bf16 | fp16
+    backend: str = "auto"  # U-Net: auto | torch | tensorrt
     series_uid: str | None = None
     outputs: tuple[str, ...] = OUTPUTS
     max_blobs: int = 10
@@ -114,7 +116,8 @@ def run(
     timer = _Timer(progress)
     started = time.perf_counter()
     if engine is None:
-        engine = make_engine(options.engine, weights=options.weights, device=options.device)
+        engine = make_engine(options.engine, weights=options.weights, device=options.device,
+                             precision=options.precision, backend=options.backend)
     with timer.stage("read"):
         volume = scan if isinstance(scan, Volume) else read_scan(scan, series_uid=options.series_uid)
     with timer.stage("lungs"):

@@ -44,8 +44,15 @@ class Engine(Protocol):
         ...
 
 
-def make_engine(name: str, weights: str | None = None, device: str = "cpu", **kwargs) -> Engine:
-    """Build the engine called ``name``; weights and device apply to the U-Net.
+def make_engine(
+    name: str,
+    weights: str | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
+    backend: str = "auto",
+    seed: int = 0,
+) -> Engine:
+    """Build the engine called ``name``; weights, device, precision and backend apply to the U-Net.
 
     Raises
     ------
@@ -57,11 +64,11 @@ def make_engine(name: str, weights: str | None = None, device: str = "cpu", **kw
     if name == "kmeans":
         from coviax.lesions.kmeans import KMeansEngine
 
-        return KMeansEngine(**kwargs)
+        return KMeansEngine(seed=seed)
     if name == "unet":
         from coviax.lesions.unet import UNetEngine
 
-        return UNetEngine.from_checkpoint(weights, device=device, **kwargs)
+        return UNetEngine.from_checkpoint(weights, device=device, precision=precision, backend=backend)
     if name == "threshold":
         from coviax.lesions.threshold import ThresholdEngine
 

@@ -7,10 +7,22 @@ is the only step that needs the whole volume.
 The U-Net's own lung/background decision is not used for the cavity: the lung
 mask stage owns the cavity so that the ratios' denominator is the same for
 every engine. The U-Net decides vessel / GGO / consolidation inside it.
+
+Fast paths (issue "Fast"), all checked against the fp32 reference in the tests:
+
+- precision ``auto``: bf16 autocast on CPUs with AVX512-BF16 or AMX (about 5-10x
+  faster than fp32 on the 2-core dev machine), fp16 on CUDA, fp32 otherwise;
+- channels-last memory format (oneDNN and cuDNN pick faster kernels);
+- the whole int16 volume is copied to the device once (pinned on CUDA); HU
+  clipping, normalisation, resizing and the argmax run on the device, and only
+  uint8 labels come back;
+- backend ``tensorrt`` (CUDA only, :mod:`coviax.lesions.tensorrt_backend`) and
+  ``torch.compile`` on CUDA (``compile=True``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -26,6 +38,8 @@ from coviax.lesions.unet_model import file_sha256, load_checkpoint, normalise_hu
 
 #: Where the shipped U-Net B lives inside the package.
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "unet_b.pt"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("auto", "torch", "tensorrt")
 
 
 def resolve_weights(weights: str | None) -> Path:
@@ -60,43 +74,118 @@ def check_device(device: str) -> torch.device:
     raise OptionError(f"unknown device {device!r}; use cpu or cuda")
 
 
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise OptionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def set_cpu_threads() -> int:
+    """Use every core this process may run on (containers often allow fewer than the host has)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
 class UNetEngine:
     name = "unet"
 
-    def __init__(self, model: torch.nn.Module, device: str = "cpu", batch_size: int = 8, model_id: str = "unet"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str = "cpu",
+        batch_size: int = 8,
+        model_id: str = "unet",
+        precision: str = "auto",
+        compile: bool = False,
+    ):
         self.device = check_device(device)
-        self.model = model.to(self.device).eval()
+        self.dtype = resolve_precision(precision, self.device)
+        if self.device.type == "cpu":
+            set_cpu_threads()
+            if self.dtype == torch.float16:
+                raise OptionError("fp16 is for CUDA; on the CPU use bf16 or fp32")
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if compile and self.device.type == "cuda":
+            self.forward = torch.compile(self.model, mode="max-autotune-no-cudagraphs")
         self.input_size = model.config.input_size
         self.batch_size = batch_size
         self.model_id = model_id
+        self.notes: list[str] = []
+        self.meta: dict = {}
+        self.weights_path: Path | None = None
         self.progress: Callable[[int, int], None] | None = None
 
     @classmethod
-    def from_checkpoint(cls, weights: str | None, device: str = "cpu", batch_size: int = 8) -> "UNetEngine":
+    def from_checkpoint(
+        cls,
+        weights: str | None,
+        device: str = "cpu",
+        batch_size: int | None = None,
+        precision: str = "auto",
+        backend: str = "auto",
+        compile: bool = False,
+    ) -> "UNetEngine":
+        if backend not in BACKENDS:
+            raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         path = resolve_weights(weights)
         try:
             model, meta = load_checkpoint(path)
         except ValueError as exc:
             raise WeightsNotFoundError(str(exc)) from None
+        digest = file_sha256(path)
         name = meta.get("name", path.stem)
-        engine = cls(model, device=device, batch_size=batch_size, model_id=f"{name}@sha256:{file_sha256(path)[:12]}")
+        if batch_size is None:
+            batch_size = 32 if device.startswith("cuda") else 8
+        engine = cls(model, device=device, batch_size=batch_size, model_id=f"{name}@sha256:{digest[:12]}",
+                     precision=precision, compile=compile)
         engine.meta = meta
         engine.weights_path = path
+        engine.weights_sha256 = digest
+        if engine.device.type == "cuda" and backend in ("auto", "tensorrt"):
+            from coviax.lesions import tensorrt_backend
+
+            tensorrt_backend.attach(engine, required=(backend == "tensorrt"))
+        elif backend == "tensorrt":
+            raise OptionError("the TensorRT backend needs --device cuda")
         return engine
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     @torch.inference_mode()
     def predict_slices(self, hu: np.ndarray) -> np.ndarray:
-        """Raw per-pixel classes (uint8, n y x) of axial HU slices (n y x)."""
+        """Raw per-pixel classes (uint8, n y x) of axial HU slices (n y x, int16)."""
         n, height, width = hu.shape
         out = np.empty((n, height, width), dtype=np.uint8)
+        source = torch.from_numpy(np.ascontiguousarray(hu))
+        if self.device.type == "cuda":
+            # one host-to-device copy of the whole stack, from pinned memory
+            source = source.pin_memory().to(self.device, non_blocking=True)
+        resize = (height, width) != (self.input_size, self.input_size)
         for start in range(0, n, self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(hu[start : start + self.batch_size])).to(self.device)
+            batch = source[start : start + self.batch_size]
             x = normalise_hu(batch)[:, None]
-            if (height, width) != (self.input_size, self.input_size):
+            if resize:
                 x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-            logits = self.model(x)
-            if (height, width) != (self.input_size, self.input_size):
-                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                logits = self.forward(x)
+            if resize:
+                logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
             out[start : start + len(batch)] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
             if self.progress:
                 self.progress(min(start + self.batch_size, n), n)
@@ -104,7 +193,7 @@ class UNetEngine:
 
     def segment(self, volume, lungs) -> LesionLabels:
         raw = self.predict_slices(volume.hu)
-        return LesionLabels(combine_with_lungs(raw, lungs.cavity), self.name, self.model_id)
+        return LesionLabels(combine_with_lungs(raw, lungs.cavity), self.name, self.model_id, notes=list(self.notes))
 
 
 def combine_with_lungs(raw: np.ndarray, cavity: np.ndarray) -> np.ndarray:
