@@ -28,7 +28,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from coviax.errors import GeometryError, NotCTError, PixelDataError, ScanError, UnsafeArchiveError
@@ -103,8 +102,10 @@ class Volume:
         xyz_mm = zyx[..., ::-1] * np.asarray(self.spacing_zyx[::-1])
         return np.asarray(self.origin_xyz) + xyz_mm @ self.direction.T
 
-    def to_sitk(self, array: np.ndarray | None = None) -> sitk.Image:
+    def to_sitk(self, array: np.ndarray | None = None):
         """A SimpleITK image of ``array`` (default: the HU) in this volume's geometry."""
+        import SimpleITK as sitk  # lazy: the DICOM path does not need it (slim GPU hosts)
+
         image = sitk.GetImageFromArray(self.hu if array is None else array)
         image.SetSpacing(tuple(float(s) for s in self.spacing_zyx[::-1]))
         image.SetOrigin(tuple(float(o) for o in self.origin_xyz))
@@ -112,7 +113,9 @@ class Volume:
         return image
 
     @classmethod
-    def from_sitk(cls, image: sitk.Image, **kwargs) -> "Volume":
+    def from_sitk(cls, image, **kwargs) -> "Volume":
+        import SimpleITK as sitk
+
         hu = sitk.GetArrayFromImage(image)
         return cls(
             hu=hu,
@@ -223,6 +226,8 @@ def safe_extract_zip(archive: Path, target: Path) -> None:
 
 
 def _read_research_image(path: Path) -> Volume:
+    import SimpleITK as sitk
+
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

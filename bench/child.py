@@ -1,0 +1,54 @@
+"""One measured job of `make bench`, run in its own process so its peak memory is its own.
+
+Usage: python bench/child.py pipeline SCAN_DIR OUT_DIR ENGINE [WEIGHTS]
+       python bench/child.py lungmask SCAN_DIR LUNGMASK_WEIGHTS
+Prints one JSON line with the timings.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def run_pipeline(scan: str, out: str, engine: str, weights: str | None) -> dict:
+    from coviax.pipeline import SegmentOptions, run
+
+    options = SegmentOptions(lungs="classical", engine=engine, weights=weights,
+                             outputs=("report", "seg", "png"))
+    started = time.perf_counter()
+    result = run(scan, out, options)
+    return {
+        "timings": result.timings,
+        "wall": time.perf_counter() - started,
+        "slices": result.volume.shape[0],
+        "ratios": result.report["ratios_pct"],
+        "lung_ml": result.report["lungs"]["volume_ml"]["total"],
+        "notes": result.lesions.notes,
+        "model": result.lesions.model,
+    }
+
+
+def run_lungmask(scan: str, weights: str) -> dict:
+    from lungmask import LMInferer
+
+    from coviax.scan import read_scan
+
+    volume = read_scan(scan)
+    image = volume.to_sitk()
+    inferer = LMInferer(modelpath=weights, force_cpu=True, batch_size=20, tqdm_disable=True)
+    started = time.perf_counter()
+    mask = inferer.apply(image)
+    return {"lungs": time.perf_counter() - started, "slices": int(mask.shape[0])}
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "pipeline":
+        out = run_pipeline(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else None)
+    elif mode == "lungmask":
+        out = run_lungmask(sys.argv[2], sys.argv[3])
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    print(json.dumps(out))
