@@ -22,7 +22,7 @@ from coviax.quantify import Quantities, quantify
 from coviax.scan import Volume, read_scan
 
 STAGES = ("read", "lungs", "lesions", "quantities", "exports")
-OUTPUTS = ("report", "nifti", "seg", "png")
+OUTPUTS = ("report", "nifti", "seg", "png", "mesh", "html", "pdf", "sr", "sc")
 
 Progress = Callable[[str, str], None]
 
@@ -141,7 +141,12 @@ def run(
 
 
 def write_outputs(out_dir, volume: Volume, lesions: LesionLabels, report: dict, outputs) -> dict[str, Path]:
-    """Write the image outputs; the report itself is written last by :func:`run`."""
+    """Write the image outputs; the report itself is written last by :func:`run`.
+
+    The SEG is written before the SR, which references its segments; the 3D
+    meshes are made once and rendered once for the mesh files, both report
+    pages and the Secondary Capture.
+    """
     from coviax.export.dicom_seg import write_dicom_seg
     from coviax.export.montage import write_montage
     from coviax.export.nifti import write_labels_nifti
@@ -149,16 +154,56 @@ def write_outputs(out_dir, volume: Volume, lesions: LesionLabels, report: dict, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, Path] = {}
+    notes = report["input"]["warnings"]
     if "nifti" in outputs:
         artifacts["labels_nifti"] = write_labels_nifti(lesions.labels, volume, out / "labels.nii.gz")
+    seg_dataset = None
     if "seg" in outputs:
         if volume.source_headers:
             artifacts["dicom_seg"] = write_dicom_seg(lesions.labels, volume, out / "seg.dcm", lesions.engine)
+            if "sr" in outputs:
+                import pydicom
+
+                seg_dataset = pydicom.dcmread(artifacts["dicom_seg"], stop_before_pixels=True)
         else:
-            report["input"]["warnings"].append("no DICOM SEG written: the input was not a DICOM series")
+            notes.append("no DICOM SEG written: the input was not a DICOM series")
     if "png" in outputs:
         title = f"VRall {report['ratios_pct']['all']:.1f} %  VRggo {report['ratios_pct']['ggo']:.1f} %  VRcs {report['ratios_pct']['consolidation']:.1f} %"
         artifacts["montage"] = write_montage(volume.hu, lesions.labels, out / "montage.png", title=title)
+    render = None
+    if {"mesh", "html", "pdf", "sc"} & set(outputs):
+        from coviax.export import mesh
+
+        meshes = mesh.meshes_for(lesions.labels, volume)
+        render_path = out / "render_3d.png" if "mesh" in outputs else None
+        render = mesh.render_png(meshes, render_path, title=mesh.RENDER_TITLE)
+        if "mesh" in outputs:
+            artifacts.update(mesh.write_mesh_files(meshes, out))
+            artifacts["render_3d"] = render_path
+    if "html" in outputs:
+        from coviax.export.report_page import write_html
+
+        artifacts["report_html"] = write_html(report, volume.hu, lesions.labels, render, out / "report.html")
+    if "pdf" in outputs or "sc" in outputs:
+        from coviax.export.report_page import write_pdf
+
+        pdf_path, page = write_pdf(report, volume.hu, lesions.labels, render, out / "report.pdf" if "pdf" in outputs else None)
+        if pdf_path is not None:
+            artifacts["report_pdf"] = pdf_path
+        if "sc" in outputs:
+            if volume.source_headers:
+                from coviax.export.secondary_capture import write_secondary_capture
+
+                artifacts["dicom_sc"] = write_secondary_capture(page, volume, out / "report_sc.dcm")
+            else:
+                notes.append("no DICOM Secondary Capture written: the input was not a DICOM series")
+    if "sr" in outputs:
+        if seg_dataset is not None:
+            from coviax.export.dicom_sr import write_dicom_sr
+
+            artifacts["dicom_sr"] = write_dicom_sr(report, seg_dataset, out / "measurements_sr.dcm", volume.series_uid)
+        else:
+            notes.append("no DICOM SR written: it references the DICOM SEG, which needs DICOM input and the 'seg' output")
     return artifacts
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import coviax
+from coviax.scores import scores_for
 
 SCHEMA = "coviax.report/1"
 
@@ -35,6 +36,7 @@ def build_report(volume, lungs, lesions, quantities, timings: dict, study_label:
             "volume_ml": quantities.lesion_ml,
         },
         "ratios_pct": quantities.ratios_pct,
+        "scores": scores_for(volume, lungs, lesions),
         "blob_count": quantities.blob_count,
         "blobs": [b.to_dict() for b in quantities.blobs],
         "timings_s": {k: round(float(v), 3) for k, v in timings.items()},
@@ -63,6 +65,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         ("VRcs (%)", f"{ratios['consolidation']:.2f}"),
         ("Lesion blobs", str(report["blob_count"])),
     ]
+    rows += score_rows(report.get("scores"))
     for blob in report["blobs"][:3]:
         c = blob["centroid_patient_mm"]
         rows.append(
@@ -74,6 +77,32 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         ("Time (s)", f"{report['timings_s'].get('total', 0):.1f}"),
     ]
     return rows
+
+
+def score_rows(scores: dict | None) -> list[tuple[str, str]]:
+    """The severity scores (coviax.scores) as table rows; none for a report without scores."""
+    if not scores:
+        return []
+
+    def pct(v) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    po, pho = scores["opacity_pct"], scores["high_opacity_pct"]
+    zones = scores["six_zone"]["zones"]
+    lobe = scores["lobe_score"]
+    th = scores["research_thresholds"]
+    return [
+        ("Opacity (%)", f"{pct(po['overall'])}  (right {pct(po['right'])}, left {pct(po['left'])})"),
+        (f"High opacity >{scores['high_opacity_hu']} HU (%)",
+         f"{pct(pho['overall'])}  (right {pct(pho['right'])}, left {pct(pho['left'])})"),
+        ("Six-zone score", f"{scores['six_zone']['total']}/{scores['six_zone']['max']}  (R/L upper "
+         f"{zones['right_upper']['score']}/{zones['left_upper']['score']}, middle {zones['right_middle']['score']}/"
+         f"{zones['left_middle']['score']}, lower {zones['right_lower']['score']}/{zones['left_lower']['score']})"),
+        ("Lobe score", f"{lobe['total']}/{lobe['max']}" if lobe.get("computed") else f"not computed ({lobe['reason']})"),
+        ("Research thresholds", f"context only, not clinical: thesis cut-offs on VRall {th['vr_all_diagnosis_pct']} % "
+         f"(diagnosis), {th['vr_all_oxygen_need_pct']} % (oxygen need, AUC {th['vr_all_oxygen_need_auc']}, "
+         f"{th['cohort_patients']} patients)"),
+    ]
 
 
 def format_table(report: dict) -> str:

@@ -1,0 +1,1 @@
+"""Proto package ``coviax`` (generated stubs live in ``v1``)."""

@@ -1,0 +1,62 @@
+"""The report page as a DICOM Secondary Capture image, in the source study, for viewers without SEG/SR support.
+
+A new series (number 9903) in the same study as the CT (highdicom copies the
+patient and study attributes from the first source header); RGB, RLE lossless
+(a mostly white page compresses about 4x). The page carries no patient
+identifier, so BurnedInAnnotation is NO.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.uid import RLELossless
+
+import coviax
+
+SERIES_NUMBER = 9903
+
+
+def write_secondary_capture(page_rgb: np.ndarray, volume, path: str | Path) -> Path:
+    """Write ``page_rgb`` (H x W x 3 uint8) as an SC image in ``volume``'s study.
+
+    Raises
+    ------
+    ValueError
+        if the volume was not read from DICOM (the SC must join the source study).
+    """
+    if not volume.source_headers:
+        raise ValueError("a Secondary Capture needs a DICOM source series; this scan was read from " + volume.source_format)
+    with warnings.catch_warnings():
+        # highdicom warns about the format of the source's PatientName and
+        # quotes it in the message: never let a patient name reach a log.
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=volume.source_headers[0],
+            pixel_array=np.ascontiguousarray(page_rgb, dtype=np.uint8),
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            # highdicom needs a coordinate system; a report page has no patient
+            # orientation, so the (type 2C) PatientOrientation is emptied below.
+            coordinate_system="PATIENT",
+            patient_orientation=("L", "F"),
+            series_instance_uid=hd.UID(),
+            series_number=SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="COViaX",
+            transfer_syntax_uid=RLELossless,
+        )
+    sc.PatientOrientation = None
+    sc.ConversionType = "WSD"  # workstation: a rendered page, not a digitised film
+    sc.BurnedInAnnotation = "NO"  # the page holds no patient identifier
+    sc.SeriesDescription = "COViaX report page (research use only)"
+    sc.SoftwareVersions = coviax.__version__
+    sc.ManufacturerModelName = "COViaX (research use only)"
+    sc.ImageComments = coviax.RESEARCH_USE_NOTICE
+    path = Path(path)
+    sc.save_as(path)
+    return path

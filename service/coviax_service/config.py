@@ -1,0 +1,121 @@
+"""Service settings: command-line flags first, then ``COVIAX_*`` environment variables, then defaults.
+
+The table of every setting is in docs/SERVICE.md "Configuration"; the
+Dockerfiles and k8s/base/configmap.yaml set the environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coviax.errors import OptionError
+
+GiB = 1024**3
+
+
+@dataclass
+class ServiceConfig:
+    data_dir: Path = Path("coviax-data")
+    host: str = "[::]"
+    port: int = 50051
+    metrics_port: int = 9090  # 0 = no metrics endpoint
+    engine: str = "kmeans"  # kmeans | unet
+    device: str = "cpu"  # cpu | cuda
+    weights: str | None = None  # U-Net checkpoint (default: the shipped U-Net B)
+    lungs: str = "auto"  # default lung method: auto | lungmask | classical
+    tokens_file: str | None = None
+    tokens: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # set = mutual TLS (client certificates required)
+    max_concurrent_scans: int = 4
+    workers: int = 2
+    max_queued_slices: int = 2048
+    max_scan_bytes: int = 2 * GiB
+    max_slices: int = 2000
+    batch_slices: int = 16
+    retention_days: float = 7.0  # 0 = keep artifacts forever
+    retention_max_bytes: int = 0  # 0 = no size limit
+    drain_seconds: float = 30.0
+    max_chunk_bytes: int = 4 * 1024**2
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.engine not in ("kmeans", "unet"):
+            raise OptionError(f"COVIAX_ENGINE/--engine {self.engine!r}: choose kmeans or unet")
+        if self.lungs not in ("auto", "lungmask", "classical"):
+            raise OptionError(f"COVIAX_LUNGS/--lungs {self.lungs!r}: choose auto, lungmask or classical")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise OptionError(f"COVIAX_DEVICE/--device {self.device!r}: choose cpu or cuda")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise OptionError("TLS needs both COVIAX_TLS_CERT and COVIAX_TLS_KEY (or --tls-cert and --tls-key)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise OptionError("COVIAX_TLS_CLIENT_CA (mutual TLS) needs COVIAX_TLS_CERT and COVIAX_TLS_KEY too")
+        for name in ("max_concurrent_scans", "workers", "max_queued_slices", "max_slices", "batch_slices"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca, self.tokens_file):
+            if path and not Path(path).is_file():
+                raise OptionError(f"{path}: no such file (named by a COVIAX_TLS_* / COVIAX_TOKENS_FILE setting)")
+
+    def load_tokens(self) -> frozenset[str]:
+        """Bearer tokens: one per line in the tokens file (blank lines and # comments skipped) plus ``tokens``."""
+        tokens = set(t for t in self.tokens if t)
+        if self.tokens_file:
+            for line in Path(self.tokens_file).read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    tokens.add(line)
+        return frozenset(tokens)
+
+
+#: (attribute, environment variable, type) of every setting read from the environment.
+ENV_VARS = (
+    ("host", "COVIAX_HOST", str),
+    ("port", "COVIAX_PORT", int),
+    ("metrics_port", "COVIAX_METRICS_PORT", int),
+    ("data_dir", "COVIAX_DATA_DIR", Path),
+    ("engine", "COVIAX_ENGINE", str),
+    ("device", "COVIAX_DEVICE", str),
+    ("weights", "COVIAX_WEIGHTS", str),
+    ("lungs", "COVIAX_LUNGS", str),
+    ("tokens_file", "COVIAX_TOKENS_FILE", str),
+    ("tls_cert", "COVIAX_TLS_CERT", str),
+    ("tls_key", "COVIAX_TLS_KEY", str),
+    ("tls_client_ca", "COVIAX_TLS_CLIENT_CA", str),
+    ("max_concurrent_scans", "COVIAX_MAX_CONCURRENT_SCANS", int),
+    ("workers", "COVIAX_WORKERS", int),
+    ("max_queued_slices", "COVIAX_MAX_QUEUED_SLICES", int),
+    ("max_scan_bytes", "COVIAX_MAX_SCAN_BYTES", int),
+    ("max_slices", "COVIAX_MAX_SLICES", int),
+    ("batch_slices", "COVIAX_BATCH_SLICES", int),
+    ("retention_days", "COVIAX_RETENTION_DAYS", float),
+    ("retention_max_bytes", "COVIAX_RETENTION_MAX_BYTES", int),
+    ("drain_seconds", "COVIAX_DRAIN_SECONDS", float),
+)
+
+
+def from_env_and_flags(flags: dict | None = None, environ: dict | None = None) -> ServiceConfig:
+    """Build a config: a flag that is not None wins over its environment variable, which wins over the default.
+
+    ``COVIAX_TOKENS`` (comma- or space-separated) adds tokens to those of the file.
+    """
+    environ = os.environ if environ is None else environ
+    flags = flags or {}
+    config = ServiceConfig()
+    for attr, var, kind in ENV_VARS:
+        value = flags.get(attr)
+        if value is None and environ.get(var, "") != "":
+            raw = environ[var]
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise OptionError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+        if value is not None:
+            setattr(config, attr, kind(value) if kind is Path else value)
+    if environ.get("COVIAX_TOKENS"):
+        config.tokens = tuple(t for t in environ["COVIAX_TOKENS"].replace(",", " ").split() if t)
+    config.validate()
+    return config

@@ -1,0 +1,421 @@
+"""Stages 3 and 5, unet-a / unet-b: the 2D U-Net on a label set, with Ray Train.
+
+The driver turns the label set (corrections applied) into network-sized
+arrays exactly as serving resizes slices (:func:`coviax_trainer.data.to_network_arrays`),
+splits off the held-out scans for validation, and starts a
+:class:`ray.train.torch.TorchTrainer` with ``ScalingConfig(num_workers, use_gpu)``
+from the config. Each worker:
+
+- builds :class:`coviax.lesions.unet_model.UNet2D` (the serving definition);
+- augments every batch on the fly (:func:`augment`): left-right flip,
+  rotation, scaling, translation, HU shift and contrast, Gaussian blur,
+  additive Gaussian noise -- all in the [-1024, 300] HU window of
+  :func:`coviax.lesions.unet_model.normalise_hu`;
+- minimises a loss that tolerates noisy labels (:func:`loss_fn`): Dice + CE by
+  default, or the generalized cross-entropy of Zhang & Sabuncu (2018);
+- after every epoch, rank 0 scores the held-out scans (Dice against their
+  stage-1 pseudo-labels, inside the lung mask) and reports a checkpoint with
+  ``ray.train.report``.
+
+Re-running a stage that was stopped resumes from the last reported checkpoint
+(Ray Train restores it from ``RUN/<stage>/ray`` when the run name matches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from coviax_trainer.config import Config, TrainError, validation_ids
+from coviax_trainer.data import load_slices, to_network_arrays
+from coviax_trainer.progress import ActorPoller, Reporter, fmt_seconds, make_progress_actor
+from coviax_trainer.rundir import RunDir, atomic_path, write_json
+
+STAGE_DIRS = {"unet-a": "unet_a", "unet-b": "unet_b"}
+STAGE_SETS = {"unet-a": "pseudo", "unet-b": "relabel"}
+IGNORE = 255  # label value left out of the loss
+HU_WIDTH = 1324.0  # 300 - (-1024): one normalised unit in HU
+LUNG_LEVEL = (-600.0 + 1024.0) / HU_WIDTH  # contrast changes pivot around -600 HU
+
+
+# --------------------------------------------------------------------------- augmentation & loss
+
+def augment(x, y, aug: dict, g):
+    """Random flip/rotation/scale/translation (image bilinear, labels nearest), HU shift and contrast, blur, noise.
+
+    ``x``: float (B, 1, S, S) in [0, 1]; ``y``: long (B, S, S). ``g``: a torch.Generator.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    b = x.shape[0]
+
+    def u(lo, hi, n=b):
+        return lo + (hi - lo) * torch.rand(n, generator=g)
+
+    on = (torch.rand(b, generator=g) < aug["p"]).float()
+    angle = torch.deg2rad(u(-aug["rotate_deg"], aug["rotate_deg"])) * on
+    scale = 1 + (u(aug["scale"][0], aug["scale"][1]) - 1) * on
+    flip = torch.where((torch.rand(b, generator=g) < 0.5) & (on > 0) & bool(aug["flip"]), -1.0, 1.0)
+    tx = u(-aug["translate"], aug["translate"]) * 2 * on
+    ty = u(-aug["translate"], aug["translate"]) * 2 * on
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
+
+    contrast = 1 + (u(aug["contrast"][0], aug["contrast"][1]) - 1) * on
+    shift = u(-aug["hu_shift"], aug["hu_shift"]) / HU_WIDTH * on
+    x = (x - LUNG_LEVEL) * contrast[:, None, None, None] + LUNG_LEVEL + shift[:, None, None, None]
+
+    blur = (torch.rand(b, generator=g) < aug["blur_p"]) & (on > 0)
+    if blur.any():
+        for i in torch.nonzero(blur).flatten().tolist():
+            sigma = float(u(aug["blur_sigma_px"][0], aug["blur_sigma_px"][1], 1))
+            x[i : i + 1] = gaussian_blur(x[i : i + 1], sigma)
+    noise = u(aug["noise_hu"][0], aug["noise_hu"][1]) / HU_WIDTH * on
+    x = x + torch.randn(x.shape, generator=g) * noise[:, None, None, None]
+    return x.clamp(0.0, 1.0), y
+
+
+def gaussian_blur(x, sigma: float):
+    import torch
+    from torch.nn import functional as F
+
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    return F.conv2d(x, k.view(1, 1, -1, 1))
+
+
+def loss_fn(logits, y, kind: str = "dice_ce", q: float = 0.7, dice_weight: float = 1.0, class_weights=None):
+    """Dice + CE (default), generalized CE (``gce``, robust to label noise) or plain CE.
+
+    ``class_weights`` (5 floats) weight the CE / GCE terms per true class, so
+    that the rare classes (consolidation: ~0.2 % of pixels) are not ignored. The
+    soft Dice is averaged over the foreground classes present in the batch: a
+    class absent from a batch would otherwise only teach "never predict it".
+    """
+    import torch
+    from torch.nn import functional as F
+
+    w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=logits.device)
+    valid = y != IGNORE
+    y0 = torch.where(valid, y, torch.zeros_like(y))
+    if kind == "gce":
+        p = torch.softmax(logits.float(), dim=1)
+        py = p.gather(1, y0[:, None]).clamp_min(1e-6)[:, 0]
+        per_pixel = (1 - py**q) / q
+        wy = (w[y0] if w is not None else torch.ones_like(per_pixel)) * valid
+        return (per_pixel * wy).sum() / wy.sum().clamp_min(1e-6)
+    ce = F.cross_entropy(logits, y, weight=w, ignore_index=IGNORE) if bool(valid.any()) else logits.sum() * 0
+    if kind == "ce":
+        return ce
+    p = torch.softmax(logits.float(), dim=1) * valid[:, None]
+    onehot = F.one_hot(y0, p.shape[1]).permute(0, 3, 1, 2).float() * valid[:, None]
+    inter = (p * onehot).sum(dim=(0, 2, 3))
+    support = onehot.sum(dim=(0, 2, 3))
+    denom = p.sum(dim=(0, 2, 3)) + support
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    present = support[1:] > 0  # classes 1..4: lung, vessel, GGO, consolidation
+    if not bool(present.any()):
+        return ce
+    return ce + dice_weight * (1 - dice[1:][present].mean())
+
+
+def class_weights_from(fractions: list[float], cap: float = 20.0) -> list[float]:
+    """sqrt(1 / share) per class, scaled so that healthy lung weighs 1, capped; absent classes get the cap."""
+    f = np.asarray(fractions, dtype=np.float64)
+    ref = f[1] if f[1] > 0 else f.max()
+    w = np.where(f > 0, np.sqrt(ref / np.maximum(f, 1e-12)), cap)
+    return [float(v) for v in np.clip(w, 0.1, cap)]
+
+
+def combine(raw, lung):
+    """Network classes inside the lung mask (as serving's combine_with_lungs), torch or numpy."""
+    import torch
+
+    cavity = lung > 0
+    out = torch.where(cavity, torch.ones_like(raw), torch.zeros_like(raw))
+    return torch.where(cavity & (raw >= 2), raw, out)
+
+
+def dice_scores(pred, truth) -> dict:
+    """Dice of GGO, consolidation, lesion (both) and vessel over a set of label maps (torch tensors)."""
+    out = {}
+    for name, codes in (("ggo", (3,)), ("cons", (4,)), ("lesion", (3, 4)), ("vessel", (2,))):
+        a = sum((pred == c) for c in codes).bool()
+        b = sum((truth == c) for c in codes).bool()
+        denom = int(a.sum() + b.sum())
+        out[name] = float(2 * int((a & b).sum()) / denom) if denom else float("nan")
+    return out
+
+
+# --------------------------------------------------------------------------- the worker loop
+
+def train_loop(cfg: dict) -> None:
+    """Ray Train worker function (one per worker process)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from coviax.lesions.unet_model import UNet2D, UNetConfig, save_checkpoint
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg["threads"])))
+    t = cfg["train"]
+    aug = t["augmentation"]
+    progress = cfg.get("progress")
+
+    def push(event):
+        if progress is not None and rank == 0:
+            progress.push.remote(event)
+
+    with np.load(cfg["train_data"]) as z:
+        x_all, y_all = torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
+    with np.load(cfg["val_data"]) as z:
+        xv, yv, lv = torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), torch.from_numpy(z["lung"])
+    n = len(x_all)
+    per_epoch = int(t["samples_per_epoch"] or n)
+    flat = y_all.reshape(n, -1)
+    has_lesion = ((flat >= 3) & (flat <= 4)).any(dim=1).float()
+    has_cons = (flat == 4).any(dim=1).float()
+    k = float(t["lesion_oversample"])
+    draw_weights = 1.0 + k * has_lesion + k * has_cons
+    class_weights = cfg.get("class_weights") if t["class_weights"] == "sqrt_inverse" else None
+    steps_per_epoch = max(1, math.ceil(per_epoch / world / t["batch_size"]))
+    total_steps = steps_per_epoch * t["epochs"]
+
+    torch.manual_seed(cfg["seed"])
+    model = UNet2D(UNetConfig(**cfg["model"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t["lr"], total_steps=total_steps, pct_start=0.15)
+    start_epoch, history, best = 0, [], {"score": -1.0, "state": None, "epoch": None}
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "train_state.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        push({"kind": "resume", "epoch": start_epoch})
+
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+
+    for epoch in range(start_epoch, t["epochs"]):
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch * 1009 + rank)
+        order = torch.Generator().manual_seed(cfg["seed"] * 7919 + epoch)
+        idx = torch.multinomial(draw_weights, per_epoch, replacement=True, generator=order)[rank::world]
+        model.train()
+        losses = []
+        for step in range(steps_per_epoch):
+            b = idx[step * t["batch_size"] : (step + 1) * t["batch_size"]]
+            if len(b) == 0:
+                b = idx[: t["batch_size"]]
+            xb = x_all[b].float()[:, None]
+            yb = y_all[b].long()
+            xb, yb = augment(xb, yb, aug, g)
+            logits = model(xb.to(device))
+            loss = loss_fn(logits, yb.to(device), t["loss"], t["gce_q"], t["dice_weight"], class_weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if step % max(1, steps_per_epoch // 20) == 0 or step == steps_per_epoch - 1:
+                push({"kind": "step", "epoch": epoch, "step": step + 1, "steps": steps_per_epoch,
+                      "global": epoch * steps_per_epoch + step + 1, "total": total_steps, "loss": float(np.mean(losses[-20:]))})
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": float(sched.get_last_lr()[0]),
+                   "epoch_seconds": round(time.perf_counter() - t0, 1)}
+        if rank == 0:
+            metrics.update({f"val_dice_{k}": v for k, v in validate(core, xv, yv, lv, device).items()})
+            score = np.nanmean([metrics["val_dice_ggo"], metrics["val_dice_cons"]])
+            metrics["val_score"] = float(score) if not np.isnan(score) else 0.0
+            if metrics["val_score"] > best["score"]:
+                best = {"score": metrics["val_score"], "epoch": epoch,
+                        "state": {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}}
+        history.append(metrics)
+        push({"kind": "epoch", **metrics, "epochs": t["epochs"]})
+        with tempfile.TemporaryDirectory() as d:
+            report_ckpt = None
+            if rank == 0:
+                meta = {"name": cfg["stage"].replace("-", "_"), "epoch": epoch, "val": {k: v for k, v in metrics.items() if k.startswith("val_")}}
+                save_checkpoint(core, Path(d) / "model.pt", meta=meta)
+                if best["state"] is not None:
+                    best_model = UNet2D(UNetConfig(**cfg["model"]))
+                    best_model.load_state_dict(best["state"])
+                    save_checkpoint(best_model, Path(d) / "best.pt", meta={**meta, "epoch": best["epoch"]})
+                torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "epoch": epoch, "history": history, "best": best}, Path(d) / "train_state.pt")
+                (Path(d) / "history.json").write_text(json.dumps(history, indent=1))
+                report_ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=report_ckpt)
+
+
+def validate(model, xv, yv, lv, device, batch: int = 16) -> dict:
+    import torch
+
+    if len(xv) == 0:
+        return {"ggo": float("nan"), "cons": float("nan"), "lesion": float("nan"), "vessel": float("nan")}
+    model.eval()
+    preds = []
+    with torch.inference_mode():
+        for s in range(0, len(xv), batch):
+            logits = model(xv[s : s + batch].float()[:, None].to(device))
+            preds.append(logits.argmax(1).cpu())
+    model.train()
+    pred = combine(torch.cat(preds).to(torch.uint8), lv)
+    truth = torch.where(lv > 0, yv, torch.zeros_like(yv))
+    return dice_scores(pred, truth)
+
+
+# --------------------------------------------------------------------------- the driver
+
+def prepare_data(run: RunDir, stage: str, config: Config, reporter: Reporter) -> dict:
+    """Write RUN/<stage>/data/{train,val}.npz (idempotent) and return their paths and counts."""
+    d = run.path(STAGE_DIRS[stage], "data")
+    train_p, val_p, info_p = d / "train.npz", d / "val.npz", d / "info.json"
+    if train_p.is_file() and val_p.is_file() and info_p.is_file():
+        return json.loads(info_p.read_text())
+    held = set(validation_ids(config))
+    set_name = STAGE_SETS[stage]
+    train = load_slices(run, set_name)
+    keep = [i for i, s in enumerate(train.scan) if s not in held]
+    for attr in ("hu", "label", "lung", "scan", "slice", "corrected"):
+        setattr(train, attr, [getattr(train, attr)[i] for i in keep])
+    val = load_slices(run, "pseudo", scans=held)
+    if len(train) == 0:
+        hint = " (relabel dropped every slice: lower relabel.min_confidence)" if set_name == "relabel" else ""
+        raise TrainError(f"{stage}: no training slices in the {set_name} set{hint}")
+    size = config.model.input_size
+    arrays = to_network_arrays(train, size)
+    varrays = to_network_arrays(val, size)
+    arrays["y"] = ignore_lung_border(arrays["y"], arrays["lung"], config.stage_train(stage).ignore_border_px)
+    d.mkdir(parents=True, exist_ok=True)
+    for path, arr in ((train_p, arrays), (val_p, varrays)):
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arr)
+    counts = np.bincount(arrays["y"].ravel(), minlength=256)[:5]
+    fractions = [float(c) / max(1, counts.sum()) for c in counts]
+    info = {
+        "class_weights": class_weights_from(fractions),
+        "set": set_name, "train_slices": len(train), "val_slices": len(val),
+        "train_scans": sorted(set(train.scan)), "val_scans": sorted(held),
+        "corrected_slices": int(sum(train.corrected)),
+        "train_label_fraction": {str(i): round(float(c) / max(1, counts.sum()), 5) for i, c in enumerate(counts)},
+        "train": str(train_p), "val": str(val_p),
+    }
+    write_json(info_p, info)
+    return info
+
+
+def ignore_lung_border(y: np.ndarray, lung: np.ndarray, px: int) -> np.ndarray:
+    """Background pixels within ``px`` pixels of the lung mask -> IGNORE (left out of the loss)."""
+    if px <= 0:
+        return y
+    from scipy import ndimage
+
+    near = ndimage.binary_dilation(lung > 0, structure=np.ones((1, 3, 3), bool), iterations=int(px))
+    y = y.copy()
+    y[near & (lung == 0) & (y == 0)] = IGNORE
+    return y
+
+
+def run(run: RunDir, config: Config, reporter: Reporter, stage: str) -> dict:
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t0 = time.perf_counter()
+    tcfg = config.stage_train(stage)
+    info = prepare_data(run, stage, config, reporter)
+    reporter.line(
+        f"{stage}: {info['train_slices']} training slices from {len(info['train_scans'])} scans "
+        f"({info['corrected_slices']} corrected), {info['val_slices']} validation slices from {len(info['val_scans'])} held-out scans"
+    )
+    per_epoch = tcfg.samples_per_epoch or info["train_slices"]
+    reporter.line(
+        f"{stage}: {tcfg.epochs} epochs x {per_epoch} slices, batch {tcfg.batch_size}, loss {tcfg.loss}, "
+        f"{tcfg.num_workers} worker(s){' with GPU' if tcfg.use_gpu else ' on CPU'}, input {config.model.input_size}px"
+    )
+    actor = make_progress_actor()
+    loop_cfg = {
+        "stage": stage, "seed": config.seed, "model": dataclasses.asdict(config.model), "train": dataclasses.asdict(tcfg),
+        "train_data": info["train"], "val_data": info["val"], "threads": tcfg.cpus_per_worker, "progress": actor,
+        "class_weights": info.get("class_weights"),
+    }
+    storage = run.path(STAGE_DIRS[stage], "ray")
+    storage.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(
+            num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
+            resources_per_worker={"CPU": tcfg.cpus_per_worker, **({"GPU": 1} if tcfg.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=stage, storage_path=str(storage),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    state = {"started": False}
+
+    def handle(ev: dict) -> None:
+        if ev["kind"] == "resume":
+            reporter.line(f"{stage}: resuming from the checkpoint after epoch {ev['epoch']}")
+        elif ev["kind"] == "step":
+            if not state["started"]:
+                reporter.start(f"{stage} training", ev["total"])
+                state["started"] = True
+            reporter.update(ev["global"], f"epoch {ev['epoch'] + 1} loss {ev['loss']:.3f}")
+        elif ev["kind"] == "epoch":
+            reporter.line(
+                f"{stage} epoch {ev['epoch'] + 1}/{ev['epochs']}: loss {ev['loss']:.4f}  "
+                f"val dice GGO {ev.get('val_dice_ggo', float('nan')):.3f} cons {ev.get('val_dice_cons', float('nan')):.3f} "
+                f"lesion {ev.get('val_dice_lesion', float('nan')):.3f} vessel {ev.get('val_dice_vessel', float('nan')):.3f}  "
+                f"({ev['epoch_seconds']:.0f} s)"
+            )
+
+    with ActorPoller(actor, handle):
+        result = trainer.fit()
+    reporter.stop()
+    if result.checkpoint is None:
+        raise TrainError(f"{stage}: Ray Train finished without a checkpoint")
+    out = run.path(STAGE_DIRS[stage])
+    with result.checkpoint.as_directory() as d:
+        history = json.loads((Path(d) / "history.json").read_text())
+        if len(history) < tcfg.epochs:  # e.g. Ctrl-C: Ray Train aborts the run gracefully and returns
+            raise TrainError(
+                f"{stage}: training stopped after epoch {len(history)} of {tcfg.epochs}; "
+                "run the same command again to resume from that checkpoint"
+            )
+        src = Path(d) / ("best.pt" if tcfg.keep == "best" and (Path(d) / "best.pt").is_file() else "model.pt")
+        with atomic_path(out / "model.pt") as tmp:
+            Path(tmp).write_bytes(src.read_bytes())
+    write_json(out / "history.json", history)
+    last = history[-1] if history else {}
+    reporter.line(f"{stage}: done in {fmt_seconds(time.perf_counter() - t0)}; model {out / 'model.pt'}")
+    return {
+        "model": str(out / "model.pt"), "epochs": len(history), "kept": tcfg.keep,
+        "final": {k: v for k, v in last.items() if k.startswith(("val_", "loss"))},
+        "data": {k: v for k, v in info.items() if k not in ("train", "val")},
+        "train_config": dataclasses.asdict(tcfg),
+    }
