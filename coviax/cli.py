@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", required=True, help="output folder (created)")
     seg.add_argument("--lungs", default="auto", choices=["auto", "lungmask", "classical"],
                      help="lung method; auto = lungmask if its weights are on this machine, else classical")
-    seg.add_argument("--engine", default="kmeans", choices=["kmeans", "unet", "threshold"], help="lesion engine")
+    seg.add_argument("--engine", default="unet", choices=["unet", "kmeans", "threshold"],
+                     help="lesion engine; unet = the shipped U-Net B (default), kmeans needs no weights")
     seg.add_argument("--weights", help="U-Net checkpoint (default: $COVIAX_WEIGHTS or the shipped U-Net B)")
     seg.add_argument("--lung-weights", help="lungmask weights file (default: $COVIAX_LUNGMASK_WEIGHTS or torch hub cache)")
     seg.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -30,7 +30,7 @@ Progress = Callable[[str, str], None]
 @dataclass
 class SegmentOptions:
     lungs: str = "auto"  # auto | lungmask | classical
-    engine: str = "kmeans"  # kmeans | unet | threshold
+    engine: str = "unet"  # unet (shipped U-Net B) | kmeans | threshold
     weights: str | None = None  # U-Net checkpoint
     lung_weights: str | None = None  # lungmask weights
     device: str = "cpu"

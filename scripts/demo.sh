@@ -5,7 +5,7 @@
 #
 #   bash scripts/demo.sh [OUT]      (needs `coviax` and `coviax-client` on PATH)
 #
-# Environment: DEMO_PORT (gRPC port, default: a free one), DEMO_ENGINE (kmeans).
+# Environment: DEMO_PORT (gRPC port, default: a free one), DEMO_ENGINE (unet, the shipped U-Net B).
 # Research use only; not a medical device.
 set -euo pipefail
 
@@ -33,7 +33,7 @@ trap 'cleanup; exit 130' INT TERM
 
 echo "demo: starting coviax serve on 127.0.0.1:$PORT (data in $DATA)" >&2
 coviax serve --host 127.0.0.1 --port "$PORT" --metrics-port 0 --data-dir "$DATA" \
-    --engine "${DEMO_ENGINE:-kmeans}" --drain-seconds 10 &
+    --engine "${DEMO_ENGINE:-unet}" --drain-seconds 10 &
 SERVER_PID=$!
 
 coviax-client health --server "127.0.0.1:$PORT" --wait 120 >/dev/null

@@ -68,7 +68,7 @@ def running_server(data_dir: Path, prebuilt=None, **overrides):
     from coviax_service.server import ServerThread
 
     config = ServiceConfig(data_dir=Path(data_dir), host="127.0.0.1", port=0, metrics_port=0, workers=1,
-                           lungs="classical", drain_seconds=0)
+                           lungs="classical", engine="kmeans", drain_seconds=0)
     for key, value in overrides.items():
         setattr(config, key, value)
     config.validate()

@@ -62,7 +62,7 @@ def result(sample_volume, tmp_path_factory):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            res = run(sample_volume, out, SegmentOptions(lungs="classical", study_label="demo-study 7"))
+            res = run(sample_volume, out, SegmentOptions(lungs="classical", engine="kmeans", study_label="demo-study 7"))
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)

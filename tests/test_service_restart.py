@@ -29,7 +29,7 @@ N_SCANS = 4
 def _start(port: int, data, log_path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "coviax.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--metrics-port", "0", "--data-dir", str(data), "--workers", "1", "--max-concurrent-scans", "2",
-           "--lungs", "classical", "--drain-seconds", "20"]
+           "--lungs", "classical", "--engine", "kmeans", "--drain-seconds", "20"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVIAX_")}
     return subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)  # its own process group: the kill takes the workers too

@@ -21,7 +21,7 @@ class ServiceConfig:
     host: str = "[::]"
     port: int = 50051
     metrics_port: int = 9090  # 0 = no metrics endpoint
-    engine: str = "kmeans"  # kmeans | unet
+    engine: str = "unet"  # unet (shipped U-Net B) | kmeans
     device: str = "cpu"  # cpu | cuda
     weights: str | None = None  # U-Net checkpoint (default: the shipped U-Net B)
     lungs: str = "auto"  # default lung method: auto | lungmask | classical
