@@ -49,7 +49,8 @@ def run_api_bench(scan_dir: Path, weights: str, cache: Path, repeats: int = 3, c
     port, metrics_port = free_port(), free_port()
     target = f"127.0.0.1:{port}"
     data = tempfile.mkdtemp(prefix="coviax-bench-", dir=cache)
-    env = {**os.environ, "COVIAX_ENGINE": "unet", "COVIAX_WEIGHTS": weights, "COVIAX_LUNGS": "classical"}
+    env = {**os.environ, "COVIAX_ENGINE": "unet", "COVIAX_WEIGHTS": weights, "COVIAX_LUNGS": "classical",
+           "COVIAX_MAX_QUEUED_SLICES": "8192", "COVIAX_MAX_CONCURRENT_SCANS": str(clients)}
     server = subprocess.Popen(
         [sys.executable, "-m", "coviax.cli", "serve", "--port", str(port), "--metrics-port", str(metrics_port),
          "--data-dir", data],
@@ -61,7 +62,7 @@ def run_api_bench(scan_dir: Path, weights: str, cache: Path, repeats: int = 3, c
         def one(i: int) -> float:
             started = time.perf_counter()
             with CoviaxClient(target, timeout=1800) as client:
-                client.segment(str(scan_dir), idempotency_key=f"bench-{i}-{time.time_ns()}")
+                client.segment(str(scan_dir), outputs=("report", "seg"), idempotency_key=f"bench-{i}-{time.time_ns()}")
             return time.perf_counter() - started
 
         one(-1)  # warm-up
