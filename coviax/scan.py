@@ -301,7 +301,9 @@ def _read_dicom_file(path: Path, display: str) -> pydicom.Dataset | None:
     """Parse one file; None if it is not DICOM at all, ScanError if it is DICOM but broken."""
     is_dicom = _has_dicom_preamble(path)
     try:
-        ds = pydicom.dcmread(path, force=False)
+        # Pixel data is read only when decoded (deferred), and dropped after decoding:
+        # a 500-slice series then never holds its raw bytes and its HU at once.
+        ds = pydicom.dcmread(path, force=False, defer_size="64 KB")
     except InvalidDicomError:
         if is_dicom:
             raise ScanError(f"{display}: corrupt DICOM file (has the DICM marker but cannot be parsed)") from None
@@ -471,6 +473,7 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
         if k % max(1, len(slices) // 8) == 0:
             low_percentiles.append(values)
         hu[k] = np.clip(np.rint(values), HU_MIN, HU_MAX).astype(np.int16)
+        del s.ds.PixelData  # decoded: free the raw bytes now (headers are kept for the SEG)
     _check_plausible_hu(
         np.stack(low_percentiles),
         where=f"{where} (series of {len(slices)} slices)",
@@ -505,7 +508,10 @@ def _decode_pixels(s: _Slice) -> np.ndarray:
     bits = int(getattr(ds, "BitsAllocated", 16))
     if tsuid is not None and not tsuid.is_compressed:
         expected = int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1)) * bits // 8
-        actual = len(ds.PixelData)
+        try:
+            actual = len(ds.PixelData)
+        except (OSError, EOFError, ValueError) as exc:
+            raise PixelDataError(f"{s.path}: truncated or unreadable pixel data ({exc.__class__.__name__})") from None
         if actual < expected:
             raise PixelDataError(
                 f"{s.path}: truncated pixel data: {actual} bytes for Rows x Columns = {ds.Rows}x{ds.Columns} "

@@ -61,12 +61,10 @@ def segment_lungs_classical(volume):
 def body_mask(hu: np.ndarray) -> np.ndarray:
     """Patient body: largest component above -500 HU, each slice's holes filled."""
     tissue = hu > BODY_HU
-    components = cc3d.connected_components(tissue, connectivity=6)
-    if components.max() == 0:
+    if not tissue.any():
         return tissue
-    counts = np.bincount(components.ravel())
-    counts[0] = 0
-    body = components == int(np.argmax(counts))
+    body = cc3d.largest_k(tissue, k=1, connectivity=6) > 0
+    del tissue
     for z in range(body.shape[0]):
         body[z] = fill_voids.fill(body[z], in_place=False)
     return body
@@ -75,8 +73,7 @@ def body_mask(hu: np.ndarray) -> np.ndarray:
 def _largest_air_components(air: np.ndarray, voxel_ml: float) -> np.ndarray:
     """Air components that are lungs: not touching the slice border, large, at most two."""
     components = cc3d.connected_components(air, connectivity=6)
-    counts = np.bincount(components.ravel())
-    counts[0] = 0
+    counts = component_sizes(components)
     border = np.unique(
         np.concatenate(
             [components[:, 0, :].ravel(), components[:, -1, :].ravel(), components[:, :, 0].ravel(),
@@ -86,7 +83,18 @@ def _largest_air_components(air: np.ndarray, voxel_ml: float) -> np.ndarray:
     counts[border] = 0
     order = np.argsort(counts)[::-1]
     keep = [i for i in order[:2] if counts[i] * voxel_ml >= MIN_LUNG_ML and counts[i] >= 0.1 * counts[order[0]]]
-    return np.isin(components, keep) if keep else np.zeros_like(air)
+    mask = np.zeros(air.shape, bool)
+    for label in keep:
+        mask |= components == label
+    return mask
+
+
+def component_sizes(components: np.ndarray) -> np.ndarray:
+    """Voxels per component id (index 0 = background set to 0), without an int64 copy of the volume
+    (``np.bincount`` on a 500-slice volume would allocate 1 GiB)."""
+    counts = np.asarray(cc3d.statistics(components)["voxel_counts"], dtype=np.int64)
+    counts[0] = 0
+    return counts
 
 
 def trace_airways(hu: np.ndarray, lungs: np.ndarray, volume) -> np.ndarray:
@@ -129,18 +137,30 @@ def trace_airways(hu: np.ndarray, lungs: np.ndarray, volume) -> np.ndarray:
 def split_left_right(lungs: np.ndarray, volume) -> tuple[np.ndarray, str]:
     """Label right (1) and left (2) lung; returns the labels and a note if a fallback was used."""
     labels = np.zeros(lungs.shape, np.uint8)
+    # Work inside the lungs' bounding box: the watershed's arrays are int32/int64 per voxel.
+    z0, z1, y0, y1, x0, x1 = _bbox(lungs, pad=1)
+    box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+    offset = np.array([z0, y0, x0], dtype=np.float64)
+    crop, note = _split_crop(lungs[box], volume, offset)
+    labels[box] = crop
+    return labels, note
+
+
+def _split_crop(lungs: np.ndarray, volume, offset: np.ndarray) -> tuple[np.ndarray, str]:
+    labels = np.zeros(lungs.shape, np.uint8)
     seeds, note = _two_seeds(lungs)
     if seeds is None:
         # One lung-shaped blob that no erosion splits: cut at the body's midline.
         zz, yy, xx = np.nonzero(lungs)
-        mid_x = float(np.median(xx))
-        right_side = _patient_x(volume, xx) < _patient_x(volume, np.array([mid_x]))[0]
+        xx_full = xx + offset[2]
+        mid_x = float(np.median(xx_full))
+        right_side = _patient_x(volume, xx_full) < _patient_x(volume, np.array([mid_x]))[0]
         labels[zz[right_side], yy[right_side], xx[right_side]] = RIGHT_LUNG
         labels[zz[~right_side], yy[~right_side], xx[~right_side]] = LEFT_LUNG
         return labels, "lungs could not be separated by erosion; split at the midline"
     grown = watershed(np.zeros(lungs.shape, np.uint8), markers=seeds, mask=lungs)
     centroids = ndimage.center_of_mass(lungs, grown, [1, 2])
-    x_patient = [volume.index_to_patient(c)[0] for c in centroids]
+    x_patient = [volume.index_to_patient(np.asarray(c) + offset)[0] for c in centroids]
     # LPS: +x is patient left. The component with the smaller x is the right lung.
     right_id = 1 if x_patient[0] < x_patient[1] else 2
     labels[grown == right_id] = RIGHT_LUNG
@@ -155,15 +175,14 @@ def _two_seeds(lungs: np.ndarray):
         if iteration:
             current = ndimage.binary_erosion(current, iterations=1)
         components = cc3d.connected_components(current, connectivity=6)
-        counts = np.bincount(components.ravel())
-        counts[0] = 0
+        counts = component_sizes(components)
         if (counts > 0).sum() < 2:
             if not current.any():
                 return None, ""
             continue
         first, second = np.argsort(counts)[::-1][:2]
         if counts[second] >= 0.2 * counts[first]:
-            seeds = np.zeros(lungs.shape, np.int32)
+            seeds = np.zeros(lungs.shape, np.uint8)
             seeds[components == first] = 1
             seeds[components == second] = 2
             note = f"lungs separated after {iteration} erosion(s)" if iteration else ""
