@@ -185,6 +185,43 @@ def test_compressed_transfer_syntaxes_decode_exactly(series_copy, sample_volume,
     assert np.array_equal(v.hu, sample_volume.hu)
 
 
+def _encode_jpeg_lossless_sv1(path):
+    """Re-encode one DICOM file as JPEG Lossless process 14 SV1 (1.2.840.10008.1.2.4.70), the syntax most
+    PACS send for lossless CT. pydicom has no encoder for it, so GDCM (a test-only dependency) writes it."""
+    gdcm = pytest.importorskip("gdcm")
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    assert reader.Read(), path
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    assert change.Change(), path
+    writer = gdcm.ImageWriter()
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    writer.SetFileName(str(path))
+    assert writer.Write(), path
+
+
+def test_jpeg_lossless_decodes_exactly_with_pylibjpeg(series_copy, sample_volume, monkeypatch):
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLosslessSV1
+
+    files = _files(series_copy)
+    ordered = sorted(files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    for f in ordered[:3]:
+        _encode_jpeg_lossless_sv1(f)
+    # Decode with pylibjpeg-libjpeg only, the plugin the product depends on; GDCM is here only to encode,
+    # and pydicom would otherwise prefer it. (pydicom has no public switch for the plugin order.)
+    decoder = get_decoder(JPEGLosslessSV1)
+    monkeypatch.setattr(decoder, "_available", {k: v for k, v in decoder._available.items() if k == "pylibjpeg"})
+    assert list(decoder._available) == ["pylibjpeg"]
+    v = read_scan(series_copy)
+    syntaxes = {h.file_meta.TransferSyntaxUID for h in v.source_headers}
+    assert JPEGLosslessSV1 in syntaxes
+    assert np.array_equal(v.hu, sample_volume.hu)
+
+
 def test_undecodable_transfer_syntax(series_copy):
     f = _files(series_copy)[0]
     ds = pydicom.dcmread(f)
