@@ -44,6 +44,9 @@ PERCENT = codes.UCUM.Percent
 NO_UNITS = codes.UCUM.NoUnits
 VOLUME = codes.SCT.Volume
 LUNG = codes.SCT.Lung
+# Procedure reported: LOINC 24627-2 "CT Chest" (pydicom's code dictionary, from DICOM PS3.16, holds it
+# as CTChestReport in CID 7000). CID 100, the extensible context group for this slot, has no chest-CT
+# code -- only "CT unspecified body region" -- so the more specific LOINC procedure is used.
 CT_CHEST = Code("24627-2", "LN", "CT Chest")
 
 _SCHEME = "99COVIAX"
