@@ -5,7 +5,10 @@ chest CT with the evaluation seeds (:data:`coviax.phantom.EVAL_SEEDS`, which
 the trainer may not use) and cached in ``eval/cache``. Each engine runs with
 the phantom's TRUE lung mask, so lesion scores do not mix with lung mask
 errors; the classical lung method is scored separately (Dice of its cavity
-against the true lung).
+against the true lung). The product's default engine is also run end to end
+(:data:`END_TO_END_ENGINES`): with the classical lung mask made from the
+phantom itself, its VRall in percent of that mask -- the number a user of
+``coviax segment`` gets, lesions lost at the pleura included.
 
 Per case and engine (:func:`case_metrics`)
     Dice of GGO, of consolidation and of all lesions (GGO + consolidation as
@@ -48,6 +51,10 @@ log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = "coviax.eval/1"
 DEFAULT_ENGINES = ("threshold", "kmeans", "unet")
+#: Engines also scored end to end, with the classical lung mask instead of the true one; their rows are
+#: named ``<engine>+classical``.
+END_TO_END_ENGINES = ("unet",)
+END_TO_END_SUFFIX = "+classical"
 QUICK_DOWNSAMPLE = 4
 NOISE_HU = 25.0
 
@@ -107,17 +114,25 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
     return 2.0 * both / (p + t)
 
 
-def case_metrics(pred: np.ndarray, truth: np.ndarray, lung_labels: np.ndarray, voxel_ml: float) -> dict:
+def case_metrics(pred: np.ndarray, truth: np.ndarray, lung_labels: np.ndarray, voxel_ml: float,
+                 pred_lung: np.ndarray | None = None) -> dict:
     """Metrics of one predicted label volume against the true labels (codes of :class:`Label`).
 
-    Ratios use the true lung cavity (``lung_labels > 0``) as denominator for
-    both, as the engines ran with the true lung mask.
+    Without ``pred_lung`` the engine ran with the true lung mask and both
+    ratios use the true lung cavity (``lung_labels > 0``) as denominator. With
+    ``pred_lung`` (the cavity the engine ran with, end to end) the predicted
+    ratio is over that cavity and the true ratio over the true one, as a user
+    would compare them.
     """
     if pred.shape != truth.shape or truth.shape != lung_labels.shape:
         raise ValueError(f"shape mismatch: prediction {pred.shape}, truth {truth.shape}, lungs {lung_labels.shape}")
-    box = _bbox(lung_labels > 0)
+    if pred_lung is not None and pred_lung.shape != truth.shape:
+        raise ValueError(f"shape mismatch: predicted lung {pred_lung.shape}, truth {truth.shape}")
+    true_lung = lung_labels > 0
+    box = _bbox(true_lung if pred_lung is None else true_lung | pred_lung)
     p, t = pred[box], truth[box]
-    lung = int(np.count_nonzero(lung_labels[box]))
+    lung = int(np.count_nonzero(true_lung[box]))
+    pred_lung_count = lung if pred_lung is None else int(np.count_nonzero(pred_lung[box]))
     p_ggo, t_ggo = p == Label.GGO, t == Label.GGO
     p_cs, t_cs = p == Label.CONSOLIDATION, t == Label.CONSOLIDATION
     p_all, t_all = p_ggo | p_cs, t_ggo | t_cs
@@ -126,10 +141,11 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, lung_labels: np.ndarray, v
         "true_ggo": int(np.count_nonzero(t_ggo)), "true_cs": int(np.count_nonzero(t_cs)),
     }
 
-    def pct(count: int) -> float:
-        return 100.0 * count / lung if lung else 0.0
+    def pct(count: int, denominator: int = lung) -> float:
+        return 100.0 * count / denominator if denominator else 0.0
 
-    pred_ratios = {"all": pct(n["pred_ggo"] + n["pred_cs"]), "ggo": pct(n["pred_ggo"]), "consolidation": pct(n["pred_cs"])}
+    pred_ratios = {"all": pct(n["pred_ggo"] + n["pred_cs"], pred_lung_count), "ggo": pct(n["pred_ggo"], pred_lung_count),
+                   "consolidation": pct(n["pred_cs"], pred_lung_count)}
     true_ratios = {"all": pct(n["true_ggo"] + n["true_cs"]), "ggo": pct(n["true_ggo"]), "consolidation": pct(n["true_cs"])}
     return {
         "dice_ggo": dice(p_ggo, t_ggo),
@@ -342,6 +358,8 @@ def evaluate(
     source = load_source(quick)
     cache = PhantomCache(source, Path(cache_dir) if cache_dir else None, QUICK_DOWNSAMPLE if quick else 1)
     per_engine: dict[str, list[dict]] = {name: [] for name in built}
+    end_to_end = [name for name in built if name in END_TO_END_ENGINES]
+    per_engine.update({name + END_TO_END_SUFFIX: [] for name in end_to_end})
     cases_out = []
     timing = {"phantoms_s": 0.0, "lungs_s": 0.0}
     for i, case in enumerate(suite, 1):
@@ -375,14 +393,28 @@ def evaluate(
                       "seconds": seconds})
             per_engine[name].append(m)
             line.append(f"{name} VRall {m['pred_ratios_pct']['all']:.2f} % ({seconds:.1f} s)")
+        for name in end_to_end:
+            # what `coviax segment` reports: the same engine inside the lung mask the product made itself
+            t0 = time.perf_counter()
+            result = built[name].segment(phantom.volume, lung_pred)
+            seconds = time.perf_counter() - t0
+            m = case_metrics(result.labels, phantom.labels, phantom.lungs.labels, voxel_ml, pred_lung=lung_pred.cavity)
+            m.update({"case_id": case.case_id, "severity": case.severity, "noise_sigma_hu": case.noise_sigma_hu,
+                      "seconds": seconds})
+            per_engine[name + END_TO_END_SUFFIX].append(m)
+            line.append(f"{name}{END_TO_END_SUFFIX} VRall {m['pred_ratios_pct']['all']:.2f} %")
         say("; ".join(line))
     engines_out: dict[str, dict] = {}
     for name in engines:
         if name in built:
-            engines_out[name] = {"status": "ok", **_engine_info(built[name]), "summary": summarise(per_engine[name]),
-                                 "cases": per_engine[name]}
+            engines_out[name] = {"status": "ok", **_engine_info(built[name]), "lung_mask": "true",
+                                 "summary": summarise(per_engine[name]), "cases": per_engine[name]}
         else:
             engines_out[name] = {"status": "skipped", "note": skipped.get(name, "skipped")}
+    for name in end_to_end:
+        key = name + END_TO_END_SUFFIX
+        engines_out[key] = {"status": "ok", **_engine_info(built[name]), "lung_mask": "classical",
+                            "summary": summarise(per_engine[key]), "cases": per_engine[key]}
     lung_dices = [c["lung_dice_classical"] for c in cases_out]
     timing["total_s"] = time.perf_counter() - started
     return {
@@ -399,7 +431,8 @@ def evaluate(
                        "train_seed_range": [TRAIN_SEED_RANGE.start, TRAIN_SEED_RANGE.stop - 1],
                        "suite_seeds": [c.seed for c in suite]},
         "lungs": {"method": "classical", "mean_dice": _mean(lung_dices),
-                  "note": "lesion engines ran with the TRUE lung mask; this Dice scores the classical lung method "
+                  "note": "lesion engines ran with the TRUE lung mask (rows ending in " + END_TO_END_SUFFIX
+                          + " with the classical one); this Dice scores the classical lung method "
                           "on the phantom against the true lung"},
         "suite": cases_out,
         "engines": engines_out,
@@ -472,7 +505,10 @@ def results_markdown(results: dict) -> str:
         f"- source: {results['source']['name']}" + (
             f", down-sampled {results['source']['downsample_in_plane']}x in-plane" if results["quick"] else ""),
         f"- phantom generator version {results['generator_version']} (`coviax.phantom`)",
-        "- every engine ran with the phantom's TRUE lung mask; ratios are in percent of the true lung",
+        "- every engine ran with the phantom's TRUE lung mask and its ratios are in percent of the true lung, "
+        f"except the rows ending in `{END_TO_END_SUFFIX}`: end to end, as `coviax segment` runs, inside the classical "
+        "lung mask made from the phantom, with VRall in percent of that mask (lesions the mask misses at the "
+        "pleura count as missed)",
         "",
         "## Summary",
         "",
@@ -492,7 +528,8 @@ def results_markdown(results: dict) -> str:
             lines.append(f"- {name}: {e['note']}")
         else:
             lines.append(f"- {name}: model `{e['model']}`" + (
-                f", weights sha256 {e['weights_sha256'][:16]}..." if e.get("weights_sha256") else ""))
+                f", weights sha256 {e['weights_sha256'][:16]}..." if e.get("weights_sha256") else "")
+                + ("; end to end, classical lung mask" if e.get("lung_mask") == "classical" else ""))
             for note in e["summary"]["notes"]:
                 lines.append(f"  - {note}")
     lines += [

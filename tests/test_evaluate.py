@@ -64,6 +64,30 @@ def test_wrong_prediction_gives_the_known_values():
     assert m["fp_lesion_ml"] == pytest.approx(75 * 0.5)  # 50 GGO + 25 consolidation outside the true lesions
 
 
+def test_end_to_end_ratio_uses_the_predicted_lung():
+    truth, lungs = toy_truth()
+    # the product's lung mask lost the first lung slice (z = 1: 100 voxels, 25 of them true GGO) and the
+    # engine, running inside it, finds every lesion voxel it can still see
+    pred_lung = lungs > 0
+    pred_lung[1] = False
+    pred = np.where(pred_lung, truth, np.uint8(0))
+    m = case_metrics(pred, truth, lungs, voxel_ml=0.5, pred_lung=pred_lung)
+    # predicted VRall over the 900-voxel predicted lung: (75 + 50) / 900; true over the true 1000: 150 / 1000
+    assert m["pred_ratios_pct"]["all"] == pytest.approx(100 * 125 / 900)
+    assert m["true_ratios_pct"]["all"] == pytest.approx(15.0)
+    assert m["ratio_error_pp"]["all"] == pytest.approx(100 * 125 / 900 - 15.0)
+    assert m["dice_ggo"] == pytest.approx(2 * 75 / 175)
+    assert m["volume_error_ml"]["ggo"] == pytest.approx(-25 * 0.5)
+    # a lung mask spilling outside the true lung widens the scored box: lesions called there count
+    spill = np.zeros_like(pred_lung)
+    spill[1:11, 1:11, 11] = True
+    pred2 = truth.copy()
+    pred2[1:11, 1:11, 11] = Label.GGO
+    m2 = case_metrics(pred2, truth, lungs, voxel_ml=0.5, pred_lung=(lungs > 0) | spill)
+    assert m2["fp_lesion_ml"] == pytest.approx(100 * 0.5)
+    assert m2["pred_ratios_pct"]["ggo"] == pytest.approx(100 * 200 / 1100)
+
+
 def test_dice_is_undefined_without_truth():
     empty = np.zeros((3, 3, 3), bool)
     some = empty.copy()
@@ -119,9 +143,14 @@ def test_eval_quick_end_to_end(tmp_path, monkeypatch, capsys):
         assert e["summary"]["fp_lesion_ml_healthy_mean"] is not None
         assert 0 <= e["summary"]["dice_all_mean"] <= 1
     assert results["engines"]["unet"]["weights_sha256"]
+    # the product's default engine is also scored end to end, inside the classical lung mask
+    e2e = results["engines"]["unet+classical"]
+    assert e2e["status"] == "ok" and e2e["lung_mask"] == "classical" and len(e2e["cases"]) == 2
+    assert results["engines"]["unet"]["lung_mask"] == "true"
     assert results["suite"][0]["true_ratios_pct"]["all"] == 0.0 and results["suite"][1]["true_ratios_pct"]["all"] > 5
     md = (out / "RESULTS.md").read_text()
     assert "| threshold |" in md and "| kmeans |" in md and "| unet |" in md and "Seed split" in md
+    assert "| unet+classical |" in md
     assert (out / "scatter.png").stat().st_size > 1000 and (out / "bland_altman.png").stat().st_size > 1000
     assert list((out / "cache").glob("*.npz"))
     # second run: phantoms come from the cache, numbers are the same; the U-Net is skipped without weights

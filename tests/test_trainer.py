@@ -239,3 +239,21 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             tmp.write_bytes(b"half")
             raise KeyboardInterrupt
     assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_model_card_reads_only_true_lung_mask_rows():
+    """The card compares engines on the true lung mask; an end-to-end row (classical lungs) stays out of it."""
+    from coviax_trainer.evalread import summarise
+
+    def engine(dice_all, lung_mask, **extra):
+        return {"status": "ok", "model": "m", "lung_mask": lung_mask, **extra,
+                "summary": {"dice_all_mean": dice_all, "dice_ggo_mean": dice_all, "dice_consolidation_mean": 0.5,
+                            "abs_ratio_error_pp_mean": {"all": 1.0}, "icc_vr_all": {"icc": 0.9}}}
+
+    data = {"format": "coviax.eval/1", "suite": [{}] * 12, "engines": {
+        "kmeans": engine(0.5, "true"), "unet": engine(0.7, "true", weights_sha256="abc"),
+        "unet+classical": engine(0.6, "classical", weights_sha256="abc"),
+    }}
+    ev = summarise(data, "eval/results.json", "abc")
+    assert list(ev["engines"]) == ["kmeans", "unet"]
+    assert ev["engines"]["unet"]["dice_all"] == 0.7 and ev["unet_is_this_checkpoint"] is True

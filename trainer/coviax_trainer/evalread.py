@@ -14,8 +14,8 @@ def summarise(data: dict, source: str, weights_sha: str | None) -> dict | None:
         return None
     engines = {}
     for name, e in (data.get("engines") or {}).items():
-        if e.get("status") != "ok":
-            continue
+        if e.get("status") != "ok" or e.get("lung_mask", "true") != "true":
+            continue  # the card compares engines on the true lung mask; end-to-end rows mix in the lung method
         s = e.get("summary", {})
         ratio = s.get("abs_ratio_error_pp_mean") or {}
         icc = s.get("icc_vr_all") or {}
