@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 from service_support import free_port, make_small_series, running_server, sample_value, scrape, wait_for
 
@@ -160,6 +161,40 @@ def test_deidentify_sends_no_patient_name_and_keeps_geometry(client, small_serie
     _assert_same_numbers(result, small_reference)
     seg = pydicom.dcmread(client.download(result.job_id, "dicom_seg", tmp_path))
     assert "A0001" not in str(seg.PatientName) and "A0001" not in str(seg.PatientID)
+
+
+def test_deidentify_reaches_into_sequences_and_keeps_references():
+    from pydicom.dataset import Dataset
+
+    from coviax_client.files import deidentify_dataset
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    request = Dataset()
+    request.RequestingPhysician = "Doe^Jane"  # REMOVED keyword
+    request.ReviewerName = "Moe^Max"  # listed nowhere: emptied because its VR is PN
+    request.ScheduledProcedureStepStartDate = "20200317"
+    request.CodeValue = "T-1"
+    step = Dataset()
+    step.OperatorsName = "Roe^Rick"
+    step.PerformingPhysicianName = "Poe^Pat"  # REMOVED keyword inside a sequence
+    step.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    step.ReferencedSOPClassUID = ds.SOPClassUID
+    step.add_new(0x00091010, "LO", "private note")
+    ds.ReferencedImageSequence = [step]
+    ds.ProcedureCodeSequence = [request]  # not a listed attribute: only its PN and dates go
+    ds.AcquisitionDateTime = "20200317101500"
+    deidentify_dataset(ds)
+    assert str(ds.PatientName) == "" and ds.StudyDate == "" and "AcquisitionDateTime" not in ds
+    inner = ds.ReferencedImageSequence[0]
+    assert "PerformingPhysicianName" not in inner and "OperatorsName" not in inner
+    assert not any(el.tag.is_private for el in inner)
+    assert inner.ReferencedSOPInstanceUID == "1.2.826.0.1.3680043.8.498.1"  # SEG/SR references survive
+    proc = ds.ProcedureCodeSequence[0]
+    assert "RequestingPhysician" not in proc and str(proc.ReviewerName) == ""
+    assert proc.ScheduledProcedureStepStartDate == "" and proc.CodeValue == "T-1"
+    text = str(ds)
+    for secret in ("Doe", "Roe", "Poe", "Moe", "2020", "private note"):
+        assert secret not in text, secret
 
 
 def test_metrics_endpoint(server, client, small_series):

@@ -2,11 +2,19 @@
 
 De-identification (``--deidentify``) happens on the client, before a byte
 leaves the machine. It keeps everything the analysis needs (geometry, pixel
-data, rescale, modality, UIDs) and blanks or removes the attributes in
-:data:`BLANKED` and :data:`REMOVED` -- the patient-identifying attributes of
-the DICOM basic confidentiality profile (PS3.15 Annex E) that CT headers
-commonly carry -- plus every private tag. Documented in docs/SERVICE.md
+data, rescale, modality, UIDs) and, at every nesting depth (inside sequences
+too): empties every person name (VR PN) and every date and time (VR DA, DT,
+TM), empties the Type 2 identifiers in :data:`BLANKED`, removes the attributes
+in :data:`REMOVED` -- the patient-identifying and free-text attributes of the
+DICOM basic confidentiality profile (PS3.15 Annex E) that CT headers commonly
+carry -- and removes every private tag. Documented in docs/SERVICE.md
 "De-identification".
+
+Written here rather than with a de-identification library (dicognito, deid):
+those replace UIDs with new ones, and the DICOM SEG and SR this service
+returns must reference the source instances so that they land in the
+hospital's study in PACS; they also put made-up names in, where an emptied
+name is plainer for a trial's audit.
 
 Kept on purpose (a known limit, said in the docs): the Study/Series/SOP
 Instance and Frame of Reference UIDs (the DICOM SEG output must reference its
@@ -50,15 +58,25 @@ REMOVED = (
 )
 
 
+#: Value representations emptied wherever they occur: names, and dates and times (quasi-identifiers).
+BLANKED_VRS = ("PN", "DA", "DT", "TM")
+
+_BLANKED_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in BLANKED)
+_REMOVED_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in REMOVED)
+
+
 def deidentify_dataset(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """Blank/remove the identifying attributes in place (see module docstring); returns ``ds``."""
-    for keyword in BLANKED:
-        if keyword in ds:
-            ds.data_element(keyword).value = ""
-    for keyword in REMOVED:
-        if keyword in ds:
-            delattr(ds, keyword)
-    ds.remove_private_tags()
+    """Blank/remove the identifying attributes in place, nested sequences included (see module docstring);
+    returns ``ds``. The file meta information (transfer syntax, SOP UIDs) is left as it is."""
+    ds.remove_private_tags()  # recursive in pydicom
+
+    def clean(dataset: pydicom.Dataset, element: pydicom.DataElement) -> None:
+        if element.tag in _REMOVED_TAGS:
+            del dataset[element.tag]
+        elif element.tag in _BLANKED_TAGS or element.VR in BLANKED_VRS:
+            element.value = ""
+
+    ds.walk(clean)  # visits the items of every sequence, at any depth
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = "coviax-client --deidentify (basic profile subset, UIDs kept)"
     return ds
