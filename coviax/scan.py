@@ -5,8 +5,8 @@ an int16 array of Hounsfield units indexed (z, y, x), and uses the geometry kept
 here (spacing, origin, direction) to put every output back in the source space.
 
 pydicom parses the DICOM headers and decodes the pixel data (with the pylibjpeg
-plugins for JPEG 2000, JPEG-LS, JPEG lossless and RLE); SimpleITK reads the
-research formats. The checks on a series are written here because no library
+plugins for JPEG 2000, JPEG-LS, JPEG lossless and RLE -- chosen explicitly, see
+:data:`DECODER_PREFERENCE`); SimpleITK reads the research formats. The checks on a series are written here because no library
 gives an error a person can act on ("slice 23 is missing between z=-120.0 and
 z=-110.0 mm") -- SimpleITK's series reader silently sorts and stacks whatever it
 is given.
@@ -499,6 +499,26 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
     )
 
 
+#: pydicom decoding plugins in the order we use them. pydicom itself prefers GDCM whenever python-gdcm is
+#: installed; GDCM comes last here because its encoder has aborted our whole process (see
+#: coviax/export/secondary_capture.py) and an abort in a decoder would take the service down with it.
+DECODER_PREFERENCE = ("pylibjpeg", "pyjpegls", "pydicom", "pillow", "gdcm")
+
+
+def decoding_plugin(tsuid) -> str:
+    """The pydicom plugin that decodes ``tsuid`` here ("" for uncompressed data or when none is installed,
+    which lets pydicom raise its own error naming the missing packages)."""
+    from pydicom.pixels import get_decoder
+
+    if tsuid is None or not tsuid.is_compressed:
+        return ""
+    try:
+        available = get_decoder(tsuid).available_plugins
+    except NotImplementedError:  # a transfer syntax pydicom has no decoder for at all
+        return ""
+    return next((p for p in DECODER_PREFERENCE if p in available), "")
+
+
 def _decode_pixels(s: _Slice) -> np.ndarray:
     ds = s.ds
     if "PixelData" not in ds:
@@ -518,6 +538,7 @@ def _decode_pixels(s: _Slice) -> np.ndarray:
                 f"at {bits} bits ({expected} bytes expected)"
             )
     try:
+        ds.pixel_array_options(decoding_plugin=decoding_plugin(tsuid))
         pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         raise PixelDataError(

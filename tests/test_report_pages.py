@@ -208,6 +208,7 @@ def test_secondary_capture_joins_the_study(result, sample_volume):
     assert sc.StudyInstanceUID == source.StudyInstanceUID
     assert sc.SeriesInstanceUID != source.SeriesInstanceUID
     assert sc.PhotometricInterpretation == "RGB" and sc.BurnedInAnnotation == "NO"
+    assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"  # RLE Lossless (written with GDCM installed)
     pixels = sc.pixel_array
     assert pixels.shape == (1169, 827, 3) and pixels.dtype == np.uint8
     assert pixels.std() > 30 and (pixels < 235).any(axis=2).mean() > 0.1

@@ -171,6 +171,16 @@ def test_zip_bomb_is_refused(tmp_path):
         read_scan(archive)
 
 
+def test_decoder_choice_puts_gdcm_last():
+    from coviax.scan import decoding_plugin
+
+    assert decoding_plugin(JPEG2000Lossless) == "pylibjpeg"
+    assert decoding_plugin(JPEGLSLossless) == "pylibjpeg"
+    assert decoding_plugin(RLELossless) == "pylibjpeg"
+    assert decoding_plugin(pydicom.uid.ExplicitVRLittleEndian) == ""
+    assert decoding_plugin(pydicom.uid.UID("1.2.840.10008.1.2.4.100")) == ""  # MPEG-2: no decoder at all
+
+
 @pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=["rle", "jpeg-ls", "jpeg2000"])
 def test_compressed_transfer_syntaxes_decode_exactly(series_copy, sample_volume, syntax):
     files = _files(series_copy)
@@ -203,19 +213,18 @@ def _encode_jpeg_lossless_sv1(path):
     assert writer.Write(), path
 
 
-def test_jpeg_lossless_decodes_exactly_with_pylibjpeg(series_copy, sample_volume, monkeypatch):
-    from pydicom.pixels import get_decoder
+def test_jpeg_lossless_decodes_exactly_with_pylibjpeg(series_copy, sample_volume):
     from pydicom.uid import JPEGLosslessSV1
+
+    from coviax.scan import decoding_plugin
 
     files = _files(series_copy)
     ordered = sorted(files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
     for f in ordered[:3]:
         _encode_jpeg_lossless_sv1(f)
-    # Decode with pylibjpeg-libjpeg only, the plugin the product depends on; GDCM is here only to encode,
-    # and pydicom would otherwise prefer it. (pydicom has no public switch for the plugin order.)
-    decoder = get_decoder(JPEGLosslessSV1)
-    monkeypatch.setattr(decoder, "_available", {k: v for k, v in decoder._available.items() if k == "pylibjpeg"})
-    assert list(decoder._available) == ["pylibjpeg"]
+    # GDCM is installed here (to encode) and pydicom would prefer it; the reader picks pylibjpeg-libjpeg,
+    # the plugin the product depends on
+    assert decoding_plugin(JPEGLosslessSV1) == "pylibjpeg"
     v = read_scan(series_copy)
     syntaxes = {h.file_meta.TransferSyntaxUID for h in v.source_headers}
     assert JPEGLosslessSV1 in syntaxes

@@ -4,6 +4,10 @@ A new series (number 9903) in the same study as the CT (highdicom copies the
 patient and study attributes from the first source header); RGB, RLE lossless
 (a mostly white page compresses about 4x). The page carries no patient
 identifier, so BurnedInAnnotation is NO.
+
+The RLE encoding is done with pylibjpeg-rle, named explicitly: pydicom would
+otherwise prefer GDCM when python-gdcm is installed, and GDCM 3.2.6's RLE
+encoder aborts the whole process on this RGB page (seen in our CI).
 """
 
 from __future__ import annotations
@@ -48,8 +52,8 @@ def write_secondary_capture(page_rgb: np.ndarray, volume, path: str | Path) -> P
             sop_instance_uid=hd.UID(),
             instance_number=1,
             manufacturer="COViaX",
-            transfer_syntax_uid=RLELossless,
         )
+    sc.compress(RLELossless, encoding_plugin="pylibjpeg")  # not GDCM: see the module docstring
     sc.PatientOrientation = None
     sc.ConversionType = "WSD"  # workstation: a rendered page, not a digitised film
     sc.BurnedInAnnotation = "NO"  # the page holds no patient identifier
