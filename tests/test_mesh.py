@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -151,6 +157,30 @@ def test_empty_structures_still_give_valid_files(tmp_path):
     nothing = M.write_glb([], tmp_path / "none.glb")
     assert M.read_glb(nothing)[1] == {}
     assert M.render_png([]).shape[2] == 3
+
+
+def _khronos_validator() -> tuple[str, Path]:
+    """node and the gltf-validator npm module that `make setup` installs into .tools/ (skip without them)."""
+    node = shutil.which("node")
+    modules = Path(__file__).resolve().parents[1] / ".tools" / "node_modules"
+    if node is None or not (modules / "gltf-validator").is_dir():
+        pytest.skip("the Khronos glTF validator is not installed (make setup installs it with npm into .tools/)")
+    return node, modules
+
+
+def test_glb_files_pass_the_khronos_gltf_validator(phantom, tmp_path):
+    node, modules = _khronos_validator()
+    _, _, meshes = phantom
+    files = [M.write_glb(meshes, tmp_path / "lungs_3d.glb"), M.write_glb(meshes[:1], tmp_path / "lung_only.glb"),
+             M.write_glb([], tmp_path / "none.glb")]
+    script = Path(__file__).with_name("gltf_validate.js")
+    run = subprocess.run([node, str(script), *map(str, files)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "NODE_PATH": str(modules)})
+    assert run.returncode == 0, run.stderr
+    reports = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(reports) == 3
+    for report in reports:
+        assert report["errors"] == 0 and report["warnings"] == 0, report
 
 
 def test_render_is_an_anterior_view(phantom, tmp_path):

@@ -393,9 +393,8 @@ def write_glb(meshes: list[Mesh], path: str | Path) -> Path:
         "extras": {"units": "vertex data in patient LPS millimetres; root node maps to metres, Y superior, Z anterior",
                    "notice": "Research use only - not a medical device"},
     }
-    if not nodes:
-        del gltf["meshes"], gltf["materials"], gltf["accessors"], gltf["bufferViews"]
-        gltf["buffers"] = []
+    if not nodes:  # glTF forbids empty top-level arrays (the Khronos validator's EMPTY_ENTITY): leave them out
+        del gltf["meshes"], gltf["materials"], gltf["accessors"], gltf["bufferViews"], gltf["buffers"]
     js = json.dumps(gltf, separators=(",", ":")).encode()
     js += b" " * (-len(js) % 4)
     chunks = struct.pack("<II", len(js), 0x4E4F534A) + js
