@@ -357,9 +357,11 @@ def evaluate(
         assert case.seed in EVAL_SEEDS, case
     source = load_source(quick)
     cache = PhantomCache(source, Path(cache_dir) if cache_dir else None, QUICK_DOWNSAMPLE if quick else 1)
-    per_engine: dict[str, list[dict]] = {name: [] for name in built}
-    end_to_end = [name for name in built if name in END_TO_END_ENGINES]
-    per_engine.update({name + END_TO_END_SUFFIX: [] for name in end_to_end})
+    # one row per (row name, engine, lung mask it runs in): every engine with the true mask, then the
+    # end-to-end rows with the classical mask
+    runs = [(name, name, "true") for name in built] + [
+        (name + END_TO_END_SUFFIX, name, "classical") for name in built if name in END_TO_END_ENGINES]
+    per_engine: dict[str, list[dict]] = {row: [] for row, _, _ in runs}
     cases_out = []
     timing = {"phantoms_s": 0.0, "lungs_s": 0.0}
     for i, case in enumerate(suite, 1):
@@ -384,37 +386,26 @@ def evaluate(
             "lung_seconds_classical": lung_seconds,
         })
         line = [f"[{i}/{len(suite)}] {case.case_id}: true VRall {truth['ratios_pct']['all']:.2f} %, lung Dice {lung_dice:.3f}"]
-        for name, engine in built.items():
+        for row, name, mask in runs:
+            # "classical": what `coviax segment` reports, the engine inside the lung mask the product made itself
+            lungs = phantom.lungs if mask == "true" else lung_pred
             t0 = time.perf_counter()
-            result = engine.segment(phantom.volume, phantom.lungs)
+            result = built[name].segment(phantom.volume, lungs)
             seconds = time.perf_counter() - t0
-            m = case_metrics(result.labels, phantom.labels, phantom.lungs.labels, voxel_ml)
+            m = case_metrics(result.labels, phantom.labels, phantom.lungs.labels, voxel_ml,
+                             pred_lung=None if mask == "true" else lungs.cavity)
             m.update({"case_id": case.case_id, "severity": case.severity, "noise_sigma_hu": case.noise_sigma_hu,
                       "seconds": seconds})
-            per_engine[name].append(m)
-            line.append(f"{name} VRall {m['pred_ratios_pct']['all']:.2f} % ({seconds:.1f} s)")
-        for name in end_to_end:
-            # what `coviax segment` reports: the same engine inside the lung mask the product made itself
-            t0 = time.perf_counter()
-            result = built[name].segment(phantom.volume, lung_pred)
-            seconds = time.perf_counter() - t0
-            m = case_metrics(result.labels, phantom.labels, phantom.lungs.labels, voxel_ml, pred_lung=lung_pred.cavity)
-            m.update({"case_id": case.case_id, "severity": case.severity, "noise_sigma_hu": case.noise_sigma_hu,
-                      "seconds": seconds})
-            per_engine[name + END_TO_END_SUFFIX].append(m)
-            line.append(f"{name}{END_TO_END_SUFFIX} VRall {m['pred_ratios_pct']['all']:.2f} %")
+            per_engine[row].append(m)
+            line.append(f"{row} VRall {m['pred_ratios_pct']['all']:.2f} % ({seconds:.1f} s)")
         say("; ".join(line))
-    engines_out: dict[str, dict] = {}
-    for name in engines:
-        if name in built:
-            engines_out[name] = {"status": "ok", **_engine_info(built[name]), "lung_mask": "true",
-                                 "summary": summarise(per_engine[name]), "cases": per_engine[name]}
-        else:
-            engines_out[name] = {"status": "skipped", "note": skipped.get(name, "skipped")}
-    for name in end_to_end:
-        key = name + END_TO_END_SUFFIX
-        engines_out[key] = {"status": "ok", **_engine_info(built[name]), "lung_mask": "classical",
-                            "summary": summarise(per_engine[key]), "cases": per_engine[key]}
+    engines_out: dict[str, dict] = {name: {"status": "skipped", "note": skipped.get(name, "skipped")}
+                                    for name in engines if name not in built}
+    for row, name, mask in runs:
+        engines_out[row] = {"status": "ok", **_engine_info(built[name]), "lung_mask": mask,
+                            "summary": summarise(per_engine[row]), "cases": per_engine[row]}
+    order = list(engines) + [row for row, _, _ in runs if row not in engines]
+    engines_out = {row: engines_out[row] for row in order}
     lung_dices = [c["lung_dice_classical"] for c in cases_out]
     timing["total_s"] = time.perf_counter() - started
     return {

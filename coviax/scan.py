@@ -6,10 +6,10 @@ here (spacing, origin, direction) to put every output back in the source space.
 
 pydicom parses the DICOM headers and decodes the pixel data (with the pylibjpeg
 plugins for JPEG 2000, JPEG-LS, JPEG lossless and RLE -- chosen explicitly, see
-:data:`DECODER_PREFERENCE`); SimpleITK reads the research formats. The checks on a series are written here because no library
-gives an error a person can act on ("slice 23 is missing between z=-120.0 and
-z=-110.0 mm") -- SimpleITK's series reader silently sorts and stacks whatever it
-is given.
+:data:`DECODER_PREFERENCE`); SimpleITK reads the research formats. The checks
+on a series are written here because no library gives an error a person can act
+on ("slice 23 is missing between z=-120.0 and z=-110.0 mm") -- SimpleITK's
+series reader silently sorts and stacks whatever it is given.
 
 Identifiers in DICOM headers (names, IDs) are never put into a message or a log:
 messages name files, tags and values of geometry only.

@@ -20,6 +20,11 @@ def _files(folder):
     return sorted(p for p in folder.rglob("*.dcm"))
 
 
+def _lowest_slices(folder, n=3):
+    """The ``n`` files lowest along z: re-encoding a few slices is enough (all 64 would only slow the tests)."""
+    return sorted(_files(folder), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))[:n]
+
+
 def test_real_series_geometry_and_hu(sample_volume):
     v = sample_volume
     assert v.shape == (64, 512, 512)
@@ -183,10 +188,7 @@ def test_decoder_choice_puts_gdcm_last():
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=["rle", "jpeg-ls", "jpeg2000"])
 def test_compressed_transfer_syntaxes_decode_exactly(series_copy, sample_volume, syntax):
-    files = _files(series_copy)
-    # compress a few slices (encoding all 64 would only slow the test)
-    ordered = sorted(files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
-    for f in ordered[:3]:
+    for f in _lowest_slices(series_copy):
         ds = pydicom.dcmread(f)
         ds.compress(syntax)
         ds.save_as(f)
@@ -218,9 +220,7 @@ def test_jpeg_lossless_decodes_exactly_with_pylibjpeg(series_copy, sample_volume
 
     from coviax.scan import decoding_plugin
 
-    files = _files(series_copy)
-    ordered = sorted(files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
-    for f in ordered[:3]:
+    for f in _lowest_slices(series_copy):
         _encode_jpeg_lossless_sv1(f)
     # GDCM is installed here (to encode) and pydicom would prefer it; the reader picks pylibjpeg-libjpeg,
     # the plugin the product depends on
