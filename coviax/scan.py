@@ -18,10 +18,12 @@ messages name files, tags and values of geometry only.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -52,6 +54,14 @@ MAX_ZIP_RATIO = 200
 GAP_FACTOR = 1.5  # a gap larger than 1.5x the median spacing is a missing slice
 DUPLICATE_FRACTION = 0.01  # two slices closer than 1 % of the spacing are duplicates
 ORIENTATION_TOLERANCE = 1e-3
+
+#: Deflated DICOM (transfer syntax 1.2.840.10008.1.2.1.99) is inflated whole by the parser; a file that
+#: inflates past this is refused before it is parsed (a 2048 x 2048 16-bit slice is 8 MiB).
+MAX_INFLATED_BYTES = 64 * 1024**2
+_DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+
+#: Exceptions a decoder must never turn into a job failure: the process is being stopped.
+_PROCESS_EXITS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
@@ -247,7 +257,7 @@ def _read_research_image(path: Path) -> Volume:
         image = sitk.DICOMOrient(image, "LPS")
         warnings.append(f"{path.name}: volume was not stored as axial slices; reoriented to LPS for analysis")
     raw = sitk.GetArrayFromImage(image).astype(np.float32)
-    _check_plausible_hu(raw, where=str(path), hint="If the file stores raw detector values, convert it to HU first.")
+    check_plausible_hu(raw, where=str(path), hint="If the file stores raw detector values, convert it to HU first.")
     image_hu = sitk.GetImageFromArray(np.clip(np.rint(raw), HU_MIN, HU_MAX).astype(np.int16))
     image_hu.CopyInformation(image)
     suffix = next(s for s in RESEARCH_SUFFIXES if path.name.lower().endswith(s))
@@ -256,7 +266,7 @@ def _read_research_image(path: Path) -> Volume:
     )
 
 
-def _check_plausible_hu(values: np.ndarray, where: str, hint: str) -> None:
+def check_plausible_hu(values: np.ndarray, where: str, hint: str) -> None:
     """Reject volumes whose values cannot be Hounsfield units of a chest CT.
 
     A chest CT always contains air (outside the body and in the lungs) near
@@ -300,6 +310,8 @@ def _has_dicom_preamble(path: Path) -> bool:
 def _read_dicom_file(path: Path, display: str) -> pydicom.Dataset | None:
     """Parse one file; None if it is not DICOM at all, ScanError if it is DICOM but broken."""
     is_dicom = _has_dicom_preamble(path)
+    if is_dicom:
+        _check_inflated_size(path, display)
     try:
         # Pixel data is read only when decoded (deferred), and dropped after decoding:
         # a 500-slice series then never holds its raw bytes and its HU at once.
@@ -308,10 +320,14 @@ def _read_dicom_file(path: Path, display: str) -> pydicom.Dataset | None:
         if is_dicom:
             raise ScanError(f"{display}: corrupt DICOM file (has the DICM marker but cannot be parsed)") from None
         return None
-    except (EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+    except zlib.error:
         if not is_dicom:
             return None
-        raise ScanError(f"{display}: corrupt or truncated DICOM file ({exc.__class__.__name__}: {exc})") from None
+        raise ScanError(f"{display}: corrupt DICOM file (its deflated data set cannot be inflated)") from None
+    except Exception as exc:  # any parser failure on these bytes (EOFError, ValueError, KeyError, struct.error, ...)
+        if not is_dicom:
+            return None
+        raise ScanError(f"{display}: corrupt or truncated DICOM file ({_describe(exc)})") from None
     meta = getattr(ds, "file_meta", None)
     if "SOPClassUID" not in ds and (meta is None or "MediaStorageSOPClassUID" not in meta):
         # pydicom parses almost any bytes after a DICM marker; a file with no
@@ -320,6 +336,39 @@ def _read_dicom_file(path: Path, display: str) -> pydicom.Dataset | None:
             raise ScanError(f"{display}: corrupt DICOM file (DICM marker present but no SOP Class UID (0008,0016))")
         return None
     return ds
+
+
+def _describe(exc: BaseException) -> str:
+    """A short description of a parser exception for a message: its text, cut to one line."""
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return text or "unreadable"
+
+
+def _check_inflated_size(path: Path, display: str) -> None:
+    """Refuse a deflated DICOM file that inflates past MAX_INFLATED_BYTES, before the parser inflates it whole."""
+    from pydicom.filereader import _read_file_meta_info
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(132)  # preamble and DICM marker
+            file_meta = _read_file_meta_info(f)
+            if str(file_meta.get("TransferSyntaxUID", "")) != _DEFLATED_TS:
+                return
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            budget = MAX_INFLATED_BYTES + 1  # never 0 in a call: max_length=0 means "no limit"
+            while budget > 0 and (block := f.read(1 << 16)):
+                budget -= len(inflater.decompress(block, budget))
+                while budget > 0 and inflater.unconsumed_tail:
+                    budget -= len(inflater.decompress(inflater.unconsumed_tail, budget))
+    except zlib.error:
+        raise ScanError(f"{display}: corrupt DICOM file (its deflated data set cannot be inflated)") from None
+    except Exception:  # a broken file meta: the parser reports it
+        return
+    if budget <= 0:
+        raise ScanError(
+            f"{display}: the deflated data set inflates to more than {MAX_INFLATED_BYTES // 1024**2} MiB; "
+            "refusing a likely deflate bomb"
+        )
 
 
 def _read_dicom_folder(root: Path, series_uid: str | None, display_root: Path) -> Volume:
@@ -391,6 +440,31 @@ def _require(ds: pydicom.Dataset, keyword: str, tag: str, path: Path, why: str):
     return value
 
 
+def _numbers(ds: pydicom.Dataset, keyword: str, tag: str, path: Path, why: str, count: int) -> np.ndarray:
+    """The ``count`` finite numbers of a tag, or a ScanError naming the tag and what was found."""
+    value = _require(ds, keyword, tag, path, why)
+    try:
+        values = np.asarray(value if count > 1 else [value], dtype=np.float64).ravel()
+    except (ValueError, TypeError):
+        raise ScanError(f"{path}: {keyword} {tag} is {str(value)[:80]!r}, not numbers; {why}") from None
+    if values.size != count or not np.all(np.isfinite(values)):
+        shown = [float(v) for v in values[:8]]
+        raise ScanError(f"{path}: {keyword} {tag} is {shown}; expected {count} finite number(s) ({why})")
+    return values
+
+
+def _dimension(ds: pydicom.Dataset, keyword: str, tag: str, path: Path) -> int:
+    value = int(_numbers(ds, keyword, tag, path, "cannot size the image", 1)[0])
+    if value < 1:
+        raise PixelDataError(f"{path}: {keyword} {tag} is {value}; an image needs at least one row and column")
+    return value
+
+
+def _plain(values: np.ndarray, decimals: int) -> list[float]:
+    """Numbers for a message: plain Python floats (numpy 2 prints np.float64(...) otherwise)."""
+    return [float(v) for v in np.round(values, decimals)]
+
+
 def _stack_series(slices: list[_Slice], where: Path) -> Volume:
     for s in slices:
         _require_ct(s)
@@ -408,26 +482,29 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
         raise ScanError(f"{where}: {len(slices)} slices exceed the limit of {MAX_SLICES}")
 
     first = slices[0]
-    iop0 = np.asarray(
-        _require(first.ds, "ImageOrientationPatient", "(0020,0037)", first.path, "cannot place the slices"),
-        dtype=np.float64,
-    )
-    rows, cols = int(first.ds.Rows), int(first.ds.Columns)
+    iop0 = _numbers(first.ds, "ImageOrientationPatient", "(0020,0037)", first.path, "cannot place the slices", 6)
+    rows, cols = _dimension(first.ds, "Rows", "(0028,0010)", first.path), _dimension(
+        first.ds, "Columns", "(0028,0011)", first.path)
     if rows * cols > MAX_SLICE_PIXELS:
         raise ScanError(f"{first.path}: Rows x Columns = {rows}x{cols} exceeds the limit of {MAX_SLICE_PIXELS} pixels")
-    pixel_spacing = _require(first.ds, "PixelSpacing", "(0028,0030)", first.path, "cannot measure volumes")
-    for s in slices:
-        _require(s.ds, "ImagePositionPatient", "(0020,0032)", s.path, "cannot place the slice in the volume")
-        iop = np.asarray(
-            _require(s.ds, "ImageOrientationPatient", "(0020,0037)", s.path, "cannot place the slices"),
-            dtype=np.float64,
+    pixel_spacing = _numbers(first.ds, "PixelSpacing", "(0028,0030)", first.path, "cannot measure volumes", 2)
+    if np.any(pixel_spacing <= 0):
+        raise GeometryError(
+            f"{first.path}: PixelSpacing (0028,0030) is {_plain(pixel_spacing, 6)}; both values must be positive "
+            "(mm between pixel centres); cannot measure volumes"
         )
+    positions_xyz = []
+    for s in slices:
+        positions_xyz.append(_numbers(s.ds, "ImagePositionPatient", "(0020,0032)", s.path,
+                                      "cannot place the slice in the volume", 3))
+        iop = _numbers(s.ds, "ImageOrientationPatient", "(0020,0037)", s.path, "cannot place the slices", 6)
         if np.max(np.abs(iop - iop0)) > ORIENTATION_TOLERANCE:
             raise GeometryError(
-                f"mixed orientations: {s.path} has ImageOrientationPatient {list(np.round(iop, 4))} but "
-                f"{first.path} has {list(np.round(iop0, 4))}; one series must have one orientation"
+                f"mixed orientations: {s.path} has ImageOrientationPatient {_plain(iop, 4)} but "
+                f"{first.path} has {_plain(iop0, 4)}; one series must have one orientation"
             )
-        if int(s.ds.Rows) != rows or int(s.ds.Columns) != cols:
+        if (_dimension(s.ds, "Rows", "(0028,0010)", s.path), _dimension(s.ds, "Columns", "(0028,0011)", s.path)) != (
+                rows, cols):
             raise GeometryError(
                 f"{s.path}: {s.ds.Rows}x{s.ds.Columns} pixels but {first.path} has {rows}x{cols}"
             )
@@ -436,12 +513,13 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
     normal = np.cross(row_cos, col_cos)
     if abs(normal[2]) < 0.8:
         raise GeometryError(
-            f"{first.path}: slices are not axial (slice normal {list(np.round(normal, 3))}); "
+            f"{first.path}: slices are not axial (slice normal {_plain(normal, 3)}); "
             "COViaX analyses axial chest CT series"
         )
-    positions = np.array([np.dot(np.asarray(s.ds.ImagePositionPatient, dtype=np.float64), normal) for s in slices])
+    positions = np.array([np.dot(p, normal) for p in positions_xyz])
     order = np.argsort(positions, kind="stable")
     slices = [slices[i] for i in order]
+    positions_xyz = [positions_xyz[i] for i in order]
     positions = positions[order]
     steps = np.diff(positions)
     median_step = float(np.median(steps))
@@ -462,20 +540,14 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
             )
 
     hu = np.empty((len(slices), rows, cols), dtype=np.int16)
-    low_percentiles = []
+    samples = []
     for k, s in enumerate(slices):
-        pixels = _decode_pixels(s)
-        slope = float(_require(s.ds, "RescaleSlope", "(0028,1053)", s.path, "cannot convert to Hounsfield units"))
-        intercept = float(
-            _require(s.ds, "RescaleIntercept", "(0028,1052)", s.path, "cannot convert to Hounsfield units")
-        )
-        values = pixels.astype(np.float32) * slope + intercept
+        hu[k] = slice_to_hu(s.ds, s.path)
         if k % max(1, len(slices) // 8) == 0:
-            low_percentiles.append(values)
-        hu[k] = np.clip(np.rint(values), HU_MIN, HU_MAX).astype(np.int16)
+            samples.append(hu[k])
         del s.ds.PixelData  # decoded: free the raw bytes now (headers are kept for the SEG)
-    _check_plausible_hu(
-        np.stack(low_percentiles),
+    check_plausible_hu(
+        np.stack(samples),
         where=f"{where} (series of {len(slices)} slices)",
         hint="Check RescaleSlope (0028,1053) and RescaleIntercept (0028,1052): raw CT values need an "
         "intercept of about -1024.",
@@ -487,7 +559,7 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
         if "PixelData" in header:
             del header.PixelData
         headers.append(header)
-    origin = tuple(float(v) for v in slices[0].ds.ImagePositionPatient)
+    origin = tuple(float(v) for v in positions_xyz[0])
     direction = np.stack([row_cos, col_cos, normal], axis=1)
     return Volume(
         hu=hu,
@@ -497,6 +569,30 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
         source_format="dicom",
         source_headers=headers,
     )
+
+
+def slice_to_hu(ds: pydicom.Dataset, where: str | os.PathLike) -> np.ndarray:
+    """The Hounsfield units (int16, rows x columns) of one single-frame CT instance.
+
+    Decodes the pixel data (with :data:`DECODER_PREFERENCE`), applies RescaleSlope and
+    RescaleIntercept, rounds and clips to [HU_MIN, HU_MAX]. The series reader and the
+    service's streamed slices both use this, so a slice gets the same HU either way.
+    ``where`` names the instance in error messages.
+
+    Raises
+    ------
+    ScanError
+        (PixelDataError for pixel data) naming the instance, the tag and the value at fault.
+    """
+    where = Path(where)
+    pixels = _decode_pixels(ds, where)
+    why = "cannot convert to Hounsfield units"
+    slope = float(_numbers(ds, "RescaleSlope", "(0028,1053)", where, why, 1)[0])
+    intercept = float(_numbers(ds, "RescaleIntercept", "(0028,1052)", where, why, 1)[0])
+    if slope == 0:
+        raise ScanError(f"{where}: RescaleSlope (0028,1053) is 0; every pixel would be {intercept:g} HU ({why})")
+    values = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return np.clip(np.rint(values), HU_MIN, HU_MAX).astype(np.int16)
 
 
 #: pydicom decoding plugins in the order we use them. pydicom itself prefers GDCM whenever python-gdcm is
@@ -519,34 +615,54 @@ def decoding_plugin(tsuid) -> str:
     return next((p for p in DECODER_PREFERENCE if p in available), "")
 
 
-def _decode_pixels(s: _Slice) -> np.ndarray:
-    ds = s.ds
+def _decode_pixels(ds: pydicom.Dataset, where: Path) -> np.ndarray:
+    """The stored pixel values of one instance; declared sizes are checked before anything is decoded."""
     if "PixelData" not in ds:
-        raise PixelDataError(f"{s.path}: no pixel data (7FE0,0010); the file holds only a header")
-    tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        raise PixelDataError(f"{where}: no pixel data (7FE0,0010); the file holds only a header")
+    meta = getattr(ds, "file_meta", None)
+    tsuid = meta.get("TransferSyntaxUID") if meta is not None else None
     ts_name = getattr(tsuid, "name", str(tsuid)) if tsuid is not None else "(no TransferSyntaxUID)"
-    bits = int(getattr(ds, "BitsAllocated", 16))
+    rows, cols = _dimension(ds, "Rows", "(0028,0010)", where), _dimension(ds, "Columns", "(0028,0011)", where)
+    if rows * cols > MAX_SLICE_PIXELS:
+        raise PixelDataError(f"{where}: Rows x Columns = {rows}x{cols} exceeds the limit of {MAX_SLICE_PIXELS} pixels")
+    bits = int(_numbers(ds, "BitsAllocated", "(0028,0100)", where, "cannot read the pixels", 1)[0]) \
+        if "BitsAllocated" in ds else 16
+    samples = int(_numbers(ds, "SamplesPerPixel", "(0028,0002)", where, "cannot read the pixels", 1)[0]) \
+        if "SamplesPerPixel" in ds else 1
+    if bits not in (8, 16, 32) or samples != 1:
+        raise PixelDataError(
+            f"{where}: BitsAllocated (0028,0100) {bits} and SamplesPerPixel (0028,0002) {samples}; "
+            "a CT slice has one sample of 8, 16 or 32 bits per pixel"
+        )
     if tsuid is not None and not tsuid.is_compressed:
-        expected = int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1)) * bits // 8
+        expected = rows * cols * bits // 8
         try:
             actual = len(ds.PixelData)
-        except (OSError, EOFError, ValueError) as exc:
-            raise PixelDataError(f"{s.path}: truncated or unreadable pixel data ({exc.__class__.__name__})") from None
+        except Exception as exc:  # a deferred read of a truncated or vanished file
+            raise PixelDataError(f"{where}: truncated or unreadable pixel data ({_describe(exc)})") from None
         if actual < expected:
             raise PixelDataError(
-                f"{s.path}: truncated pixel data: {actual} bytes for Rows x Columns = {ds.Rows}x{ds.Columns} "
+                f"{where}: truncated pixel data: {actual} bytes for Rows x Columns = {rows}x{cols} "
                 f"at {bits} bits ({expected} bytes expected)"
             )
+    plugin = decoding_plugin(tsuid) if tsuid is not None else ""
     try:
-        ds.pixel_array_options(decoding_plugin=decoding_plugin(tsuid))
+        ds.pixel_array_options(decoding_plugin=plugin)
         pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         raise PixelDataError(
-            f"{s.path}: cannot decode pixel data in transfer syntax {ts_name} ({tsuid}): {exc}. "
+            f"{where}: cannot decode pixel data in transfer syntax {ts_name} ({tsuid}): {_describe(exc)}. "
             "Install the pylibjpeg plugins or re-export the series uncompressed."
         ) from None
-    except (ValueError, EOFError, OSError) as exc:
-        raise PixelDataError(f"{s.path}: corrupt pixel data in transfer syntax {ts_name}: {exc}") from None
+    except Exception as exc:  # ValueError, EOFError, OSError, and whatever else a decoder raises on bad bytes
+        raise PixelDataError(f"{where}: corrupt pixel data in transfer syntax {ts_name}: {_describe(exc)}") from None
+    except _PROCESS_EXITS:
+        raise
+    except BaseException:  # a decoder written in Rust panics with pyo3's PanicException, a BaseException
+        raise PixelDataError(
+            f"{where}: the {plugin or 'pydicom'} decoder crashed on the pixel data in transfer syntax {ts_name}; "
+            "the data is corrupt or in a form the decoder cannot handle. Re-export the series uncompressed."
+        ) from None
     if pixels.ndim != 2:
-        raise PixelDataError(f"{s.path}: pixel data of shape {pixels.shape}; expected one grey 2D slice")
+        raise PixelDataError(f"{where}: pixel data of shape {pixels.shape}; expected one grey 2D slice")
     return pixels
