@@ -6,7 +6,9 @@ them on the original slices. Not every PACS shows SEG; the PNG montage (and
 later an overlay series) covers those.
 
 Patient and study attributes are copied from the source by highdicom (the SEG
-must join the patient's study); our code never logs or prints them.
+must join the patient's study); our code never logs or prints them. An
+incomplete ReferencedStudySequence item of the source is dropped, not copied
+(:func:`conform_study_attributes`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,25 @@ SEGMENTS = (
     (Label.GGO, "Ground-glass opacity", _ABNORMAL, Code("112120", "DCM", "Ground glass opacity")),
     (Label.CONSOLIDATION, "Consolidation", _ABNORMAL, Code("95436008", "SCT", "Lung consolidation")),
 )
+
+
+def conform_study_attributes(ds) -> None:
+    """Drop the incomplete ReferencedStudySequence items the source CT passed on to ``ds`` (a COViaX output).
+
+    ReferencedStudySequence is type 3; each of its items needs ReferencedSOPClassUID and
+    ReferencedSOPInstanceUID (type 1, SOP Instance Reference Macro). Some sources -- the bundled CT among
+    them -- have items with the instance UID only. The class cannot be known, so such an item is dropped
+    rather than copied with its defect (dciodvfy: "Missing attribute Type 1 Required
+    Element=<ReferencedSOPClassUID>"); the sequence goes when no item is left.
+    """
+    refs = ds.get("ReferencedStudySequence")
+    if refs is None:
+        return
+    kept = [item for item in refs if item.get("ReferencedSOPClassUID") and item.get("ReferencedSOPInstanceUID")]
+    if kept:
+        ds.ReferencedStudySequence = kept
+    else:
+        del ds.ReferencedStudySequence
 
 
 def write_dicom_seg(labels: np.ndarray, volume, path: str | Path, algorithm: str) -> Path:
@@ -73,6 +94,12 @@ def write_dicom_seg(labels: np.ndarray, volume, path: str | Path, algorithm: str
         # quotes it in the message: never let a patient name reach a log.
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
         seg = _segmentation(volume, label_map, descriptions)
+    conform_study_attributes(seg)
+    # No Laterality (General Series, type 2C) on the SEG: dciodvfy reads the condition as unsatisfied for
+    # this multi-frame IOD and reports an error when it is present, even empty. pixelmed's
+    # DicomInstanceValidator reports the opposite ("Missing conditional attribute"): its rule requires it
+    # whenever no Image/Frame Laterality exists, without the standard's "paired body part" test. The two
+    # cannot both be met; we follow dciodvfy (docs/CONFORMANCE.md quotes both).
     path = Path(path)
     seg.save_as(path)
     return path

@@ -20,6 +20,7 @@ import numpy as np
 from pydicom.uid import RLELossless
 
 import coviax
+from coviax.export.dicom_seg import conform_study_attributes
 
 SERIES_NUMBER = 9903
 
@@ -61,6 +62,12 @@ def write_secondary_capture(page_rgb: np.ndarray, volume, path: str | Path) -> P
     sc.SoftwareVersions = coviax.__version__
     sc.ManufacturerModelName = "COViaX (research use only)"
     sc.ImageComments = coviax.RESEARCH_USE_NOTICE
+    conform_study_attributes(sc)
+    # Laterality (General Series, type 2C) is required for a paired body part; the page covers both lungs,
+    # so it is the source's R or L when the series has one, else empty (dciodvfy then warns that empty
+    # means unknown -- a warning, not an error; absent is an error for this IOD).
+    laterality = str(volume.source_headers[0].get("Laterality", "") or "")
+    sc.Laterality = laterality if laterality in ("R", "L") else None
     path = Path(path)
     sc.save_as(path)
     return path
