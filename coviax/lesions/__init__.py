@@ -18,7 +18,7 @@ Engines:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -42,6 +42,72 @@ class Engine(Protocol):
 
     def segment(self, volume, lungs) -> LesionLabels:  # pragma: no cover - interface
         ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model-backed engine is: the id written in reports, its weights and its model card."""
+
+    model: str  # as in report.json lesions.model, e.g. "unet_b@sha256:0123456789ab"
+    weights_sha256: str = ""
+    device: str = "cpu"
+    card: str = ""  # a short model card: data, metrics, intended use
+    notes: tuple[str, ...] = ()  # notes the engine adds to every report
+
+
+@runtime_checkable
+class SliceEngine(Engine, Protocol):
+    """An engine that labels axial slices independently (2D), so slices can be segmented as they arrive.
+
+    ``predict_slices`` gives the raw per-pixel classes (uint8, n y x) of int16 HU slices (n y x);
+    only combining them with the lung cavity needs the whole volume.
+    """
+
+    def predict_slices(self, hu: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        ...
+
+    def model_info(self) -> ModelInfo:  # pragma: no cover - interface
+        ...
+
+
+class UNetSliceEngine:
+    """The U-Net engine (:class:`coviax.lesions.unet.UNetEngine`, or a wrapper of one) as a :class:`SliceEngine`.
+
+    Kept apart from the network code so that the model module stays the trainer's and the engine's
+    shared definition; everything that describes the served model is computed here, once.
+    """
+
+    name = "unet"
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    def predict_slices(self, hu: np.ndarray) -> np.ndarray:
+        return self.unet.predict_slices(hu)
+
+    def segment(self, volume, lungs) -> LesionLabels:
+        return self.unet.segment(volume, lungs)
+
+    def model_info(self) -> ModelInfo:
+        import json
+
+        from coviax.lesions.unet_model import file_sha256
+
+        unet = self.unet
+        digest = unet.__dict__.get("weights_sha256") or ""  # set by UNetEngine.from_checkpoint
+        if not digest and unet.weights_path is not None:
+            digest = file_sha256(unet.weights_path)
+        meta = unet.meta or {}
+        card = meta.get("model_card")
+        if not isinstance(card, str):
+            summary = {k: meta[k] for k in sorted(meta) if k in ("name", "data", "metrics", "trained", "epochs")}
+            card = (
+                "2D U-Net, per-slice classes healthy / vessel / GGO / consolidation inside the lung cavity. "
+                + (json.dumps(summary) if meta else "No model card in the checkpoint.")
+                + " Research use only; not a medical device."
+            )
+        return ModelInfo(model=unet.model_id, weights_sha256=digest, device=str(unet.device), card=card,
+                         notes=tuple(unet.notes))
 
 
 def make_engine(
