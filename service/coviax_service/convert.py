@@ -1,12 +1,61 @@
-"""report.json (dict) and job rows -> protobuf messages of coviax.v1."""
+"""Between protobuf messages of coviax.v1 and the job service's plain data (the servicer's side).
+
+Requests: :func:`request_from_header`. Answers: results (report.json), artifact refs,
+jobs (:class:`~coviax_service.jobs.model.JobRecord`), progress, the server description.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 from coviax_api.coviax.v1 import coviax_pb2 as pb
+from coviax_service.errors import InvalidRequest
+from coviax_service.jobs.model import JobRecord, JobRequest, JobState, Progress, ServerDescription
 
-STATE_NAMES = ("RECEIVING", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELLED")
+
+class Malformed:
+    """Bytes that are not a valid message of an RPC's request type (truncated, bad UTF-8 in a string, ...).
+
+    The servicer's deserializers give this instead of raising, so that the handler answers
+    INVALID_ARGUMENT (gRPC itself would answer UNKNOWN and name the Python exception).
+    """
+
+    def __init__(self, type_name: str):
+        self.type_name = type_name
+
+    def error(self) -> InvalidRequest:
+        return InvalidRequest(f"the request is not a valid coviax.v1.{self.type_name} message "
+                              "(malformed protobuf, or a string that is not UTF-8)")
+
+
+def request_from_header(header: pb.Header) -> JobRequest:
+    o = header.options
+    return JobRequest(
+        lungs=o.lungs, engine=o.engine, outputs=tuple(o.outputs),
+        max_blobs=int(o.max_blobs) if o.HasField("max_blobs") else None, series_uid=o.series_uid, device=o.device,
+        idempotency_key=header.idempotency_key, study_label=header.study_label, client_ref=header.client_ref,
+        batch_id=header.batch_id,
+        expected_instances=int(header.expected_instances) if header.HasField("expected_instances") else None,
+    )
+
+
+def progress_message(p: Progress) -> pb.Progress:
+    return pb.Progress(**asdict(p))
+
+
+def model_info_message(d: ServerDescription) -> pb.ModelInfo:
+    fields = asdict(d)
+    fields["lung_methods"], fields["outputs"] = list(d.lung_methods), list(d.outputs)
+    return pb.ModelInfo(**fields)
+
+
+def state_name(value: int) -> str:
+    """The JobState name of a ListJobs filter ("" = all); ValueError for a number that is not a state."""
+    if not value:
+        return ""
+    name = pb.JobState.Name(value)  # ValueError if unknown
+    return JobState(name).value
 
 
 def result_from_report(job_id: str, report: dict) -> pb.Result:
@@ -58,8 +107,9 @@ def artifact_refs(rows: list[dict]) -> list[pb.ArtifactRef]:
     ]
 
 
-def job_message(row: dict, live=None, artifacts: list[dict] | None = None, with_result: bool = True) -> pb.Job:
+def job_message(record: JobRecord, with_result: bool = True) -> pb.Job:
     """A Job from its database row, with the live counters of a job in progress."""
+    row, live, artifacts = record.row, record.live, record.artifacts
     state = live.state if live is not None else row["state"]
     progress = pb.Progress(
         slices_received=live.received if live is not None else int(row["instances"]),
@@ -69,7 +119,7 @@ def job_message(row: dict, live=None, artifacts: list[dict] | None = None, with_
         bytes_received=live.bytes if live is not None else int(row["bytes"]),
     )
     job = pb.Job(
-        job_id=row["job_id"], state=pb.JobState.Value(state), batch_id=row.get("batch_id") or "",
+        job_id=row["job_id"], state=pb.JobState.Value(str(state)), batch_id=row.get("batch_id") or "",
         client_ref=row.get("client_ref") or "", created_unix=float(row["created"]), updated_unix=float(row["updated"]),
         progress=progress, artifacts_expired=bool(row.get("artifacts_expired")),
     )

@@ -1,14 +1,15 @@
-"""Every exception -> gRPC status code, in one place (docs/SERVICE.md "Errors").
+"""Every exception -> status code, in one place (docs/SERVICE.md "Errors").
 
 =====================  =====================================================
 INVALID_ARGUMENT       the scan cannot be analysed (core ScanError and its
                        subclasses, with the core's message); a malformed
-                       upload (chunks out of order, no instances)
+                       upload or request (chunks out of order, no instances,
+                       a message that is not valid protobuf)
 FAILED_PRECONDITION    no Header first; options this server cannot meet
                        (unknown option, another engine, cuda absent, U-Net
                        or lungmask without weights)
 RESOURCE_EXHAUSTED     concurrent scans, queued slices, scan bytes or slices
-                       over the configured limits
+                       over the configured limits; the server's disk is full
 UNAUTHENTICATED        missing or unknown bearer token
 NOT_FOUND              unknown job or artifact, artifact removed by retention
 CANCELLED              the job was cancelled (CancelJob or the client went away)
@@ -16,75 +17,94 @@ UNAVAILABLE            the server is draining (retry with the same idempotency k
 INTERNAL               a bug: the client gets a reference, the log the traceback
 =====================  =====================================================
 
-Messages never carry a stack trace, and server paths are replaced by the
-instance's own name (``instance-00012.dcm``).
+The job code raises the domain exceptions below (no gRPC in them) and stores
+the code *names* in job rows; :func:`classify` is the one mapping from an
+exception to a code name and a client-safe message, and
+:func:`coviax_service.servicer.status_code` turns a name into a gRPC status.
+Messages never carry a stack trace or a Python exception class, and server
+paths are replaced by the instance's own name (``instance-00012.dcm``).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import uuid
-
-import grpc
 
 from coviax.errors import CoviaxError, OptionError, ScanError, WeightsNotFoundError
 
 log = logging.getLogger("coviax.service")
 
+#: Exceptions that must never be turned into a job failure: the process is being stopped.
+PROCESS_EXITS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
 
 class ServiceError(Exception):
-    """An error with its status code chosen where it is raised."""
+    """An error whose status code is chosen where it is raised (``code``: a status code name)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    code = "INTERNAL"
+
+    def __init__(self, message: str):
         super().__init__(message)
-        self.code = code
         self.message = message
 
 
-class JobCancelled(Exception):
+class InvalidRequest(ServiceError):
+    """The request or the upload is malformed, or the scan cannot be analysed."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class Unsupported(ServiceError):
+    """Options this server cannot meet; a request out of order (no Header first, job not DONE)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class LimitExceeded(ServiceError):
+    """A configured limit (slots, queued slices, bytes, slices) or the disk is full: retry later."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class NotFound(ServiceError):
+    code = "NOT_FOUND"
+
+
+class Unavailable(ServiceError):
+    """The server is warming up or shutting down."""
+
+    code = "UNAVAILABLE"
+
+
+class JobCancelled(ServiceError):
     """Raised inside a job (or a worker) once the job is cancelled."""
 
+    code = "CANCELLED"
 
-def invalid(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def precondition(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message)
+    def __init__(self, message: str = "the job was cancelled"):
+        super().__init__(message)
 
 
-def exhausted(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-
-
-def not_found(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.NOT_FOUND, message)
-
-
-def unavailable(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, message)
-
-
-def to_status(exc: BaseException, job_id: str | None = None, strip: tuple[str, ...] = ()) -> tuple[grpc.StatusCode, str]:
-    """The status code and the client-safe message for ``exc``.
+def classify(exc: BaseException, job_id: str | None = None, strip: tuple[str, ...] = ()) -> tuple[str, str]:
+    """The status code name and the client-safe message for ``exc``.
 
     ``strip``: server path prefixes to remove from core messages (the job's input folder).
     """
     if isinstance(exc, ServiceError):
-        return exc.code, _clean(exc.message, strip)
+        return exc.code, _clean(exc.message, strip) or "the job was cancelled"
     if isinstance(exc, ScanError):
-        return grpc.StatusCode.INVALID_ARGUMENT, _clean(str(exc), strip)
-    if isinstance(exc, (OptionError, WeightsNotFoundError)):
-        return grpc.StatusCode.FAILED_PRECONDITION, _clean(str(exc), strip)
-    if isinstance(exc, CoviaxError):
-        return grpc.StatusCode.FAILED_PRECONDITION, _clean(str(exc), strip)
-    if isinstance(exc, JobCancelled):
-        return grpc.StatusCode.CANCELLED, str(exc) or "the job was cancelled"
+        return "INVALID_ARGUMENT", _clean(str(exc), strip)
+    if isinstance(exc, (OptionError, WeightsNotFoundError, CoviaxError)):
+        return "FAILED_PRECONDITION", _clean(str(exc), strip)
     if isinstance(exc, MemoryError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, "the server ran out of memory for this scan"
+        return "RESOURCE_EXHAUSTED", "the server ran out of memory for this scan"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.warning("job %s: no space left on the server's disk", job_id or "-")
+        return "RESOURCE_EXHAUSTED", "the server's disk is full; retry later (the same idempotency key makes a new job)"
     reference = uuid.uuid4().hex[:12]
     log.error("internal error %s (job %s)", reference, job_id or "-", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal server error (reference {reference}); the server log has the details"
+    return "INTERNAL", f"internal server error (reference {reference}); the server log has the details"
 
 
 def _clean(message: str, strip: tuple[str, ...]) -> str:

@@ -21,12 +21,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coviax_api.coviax.v1 import coviax_pb2 as pb
-from coviax_api.coviax.v1 import coviax_pb2_grpc as pb_grpc
 from coviax_service.auth import BearerTokenInterceptor
 from coviax_service.config import ServiceConfig
 from coviax_service.jobs import JobManager
 from coviax_service.metrics import Metrics
-from coviax_service.servicer import CoviaxServicer
+from coviax_service.servicer import CoviaxServicer, add_to_server
 
 log = logging.getLogger("coviax.service")
 
@@ -61,7 +60,7 @@ class CoviaxServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        pb_grpc.add_CoviaxServicer_to_server(CoviaxServicer(self.jobs), self.server)
+        add_to_server(CoviaxServicer(self.jobs), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -1,49 +1,117 @@
 """The ``coviax.v1.Coviax`` RPCs on top of :class:`~coviax_service.jobs.JobManager`.
 
-Every handler turns exceptions into a status with :func:`coviax_service.errors.to_status`
-(one place); the client never sees a stack trace.
+The job service raises domain exceptions and emits plain data; here they become
+gRPC statuses (:func:`status_code` of :func:`coviax_service.errors.classify`, one
+mapping) and protobuf messages (:mod:`coviax_service.convert`). The client never
+sees a stack trace or a Python exception class, not even for bytes that are not a
+valid message (:func:`add_to_server` registers deserializers that never raise).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import uuid
 
 import grpc
 
 from coviax_api.coviax.v1 import coviax_pb2 as pb
-from coviax_api.coviax.v1 import coviax_pb2_grpc as pb_grpc
-from coviax_service.convert import artifact_refs, result_from_report
-from coviax_service.errors import JobCancelled, invalid, precondition, to_status
+from coviax_service.batch import BatchSession
+from coviax_service.convert import (
+    Malformed,
+    artifact_refs,
+    job_message,
+    model_info_message,
+    progress_message,
+    request_from_header,
+    result_from_report,
+    state_name,
+)
+from coviax_service.errors import InvalidRequest, JobCancelled, Unavailable, Unsupported, classify
 from coviax_service.jobs import JobManager, LiveJob
 
 log = logging.getLogger("coviax.service")
 
 DOWNLOAD_CHUNK = 1024 * 1024
 HALF_CLOSE_GRACE_S = 0.05
+SERVICE = pb.DESCRIPTOR.services_by_name["Coviax"]
+
+
+def status_code(name: str) -> grpc.StatusCode:
+    """The gRPC status of a code name of :func:`coviax_service.errors.classify` (or of a job row)."""
+    return getattr(grpc.StatusCode, name or "UNKNOWN", grpc.StatusCode.UNKNOWN)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, job_id: str | None = None):
-    code, message = to_status(exc, job_id)
-    await context.abort(code, message)
+    code, message = classify(exc, job_id)
+    await context.abort(status_code(code), message)
 
 
-class CoviaxServicer(pb_grpc.CoviaxServicer):
+# ---------------------------------------------------------------------------- malformed messages
+
+
+def _deserializer(message_class):
+    name = message_class.DESCRIPTOR.name
+
+    def deserialize(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception:  # DecodeError, UnicodeDecodeError, ...: answered INVALID_ARGUMENT by the handler
+            return Malformed(name)
+
+    return deserialize
+
+
+def add_to_server(servicer: "CoviaxServicer", server) -> None:
+    """Register the RPCs (as the generated ``add_CoviaxServicer_to_server``, with deserializers that never raise)."""
+    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    handlers = {}
+    for method in SERVICE.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        make = kinds[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(getattr(servicer, method.name), request_deserializer=_deserializer(request_class),
+                                     response_serializer=response_class.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+
+async def checked(request_iterator):
+    """The messages of a request stream; InvalidRequest at the first one that could not be parsed."""
+    async for request in request_iterator:
+        if isinstance(request, Malformed):
+            raise request.error()
+        yield request
+
+
+async def receive(jobs: JobManager, job: LiveJob, request) -> None:
+    """One DicomChunk or RawSlices message of ``job``'s upload."""
+    if isinstance(request, Malformed):
+        raise request.error()
+    which = request.WhichOneof("item")
+    if which == "chunk":
+        await jobs.receive_chunk(job, request.chunk)
+    elif which == "raw":
+        await jobs.receive_raw(job, request.raw)
+    else:
+        raise InvalidRequest(f"unexpected message {which!r} in the upload")
+
+
+class CoviaxServicer:
     def __init__(self, jobs: JobManager):
         self.jobs = jobs
 
     # ------------------------------------------------------------------ Segment
 
     async def Segment(self, request_iterator, context):
+        requests = checked(request_iterator)
         try:
-            first = await _next(request_iterator)
+            first = await _next(requests)
             if first is None or first.WhichOneof("item") != "header":
-                raise precondition("the first message of a Segment stream must be a Header "
-                                   f"(got {first.WhichOneof('item') if first is not None else 'nothing'})")
-            job, existing = await self.jobs.admit(first.header, streaming=True)
+                raise Unsupported("the first message of a Segment stream must be a Header "
+                                  f"(got {first.WhichOneof('item') if first is not None else 'nothing'})")
+            job, existing = await self.jobs.admit(request_from_header(first.header), streaming=True)
         except Exception as exc:
             await _abort(context, exc)
             return
@@ -51,7 +119,7 @@ class CoviaxServicer(pb_grpc.CoviaxServicer):
             async for event in self._follow_existing(job, context):
                 yield event
             return
-        events = self.jobs.subscribe(job)
+        events = job.subscribe()
         finished = False
         loop = asyncio.get_running_loop()
 
@@ -64,42 +132,46 @@ class CoviaxServicer(pb_grpc.CoviaxServicer):
 
         context.add_done_callback(on_rpc_done)  # before the first yield: a cancel may come right after it
         yield pb.SegmentEvent(accepted=pb.Accepted(job_id=job.job_id, batch_id=job.batch_id))
-        receiver = asyncio.create_task(self._receive(job, request_iterator, context), name=f"upload-{job.job_id}")
+        receiver = asyncio.create_task(self._receive(job, requests, context), name=f"upload-{job.job_id}")
         try:
-            while True:
-                kind, *payload = await events.get()
-                if kind == "progress":
-                    yield pb.SegmentEvent(progress=payload[0])
-                elif kind == "done":
-                    result, artifacts = payload
-                    yield pb.SegmentEvent(result=result)
-                    yield pb.SegmentEvent(artifacts=artifacts)
-                    finished = True
-                    return
-                elif kind == "error":
-                    finished = True
-                    await context.abort(payload[0], payload[1])
-                    return
+            async for event in self._events(events, context):
+                yield event
+            finished = True
         finally:
-            self.jobs.unsubscribe(job, events)
+            job.unsubscribe(events)
             if not receiver.done():
                 receiver.cancel()
             if not finished:
                 # the client cancelled, its deadline passed, or the connection broke
                 await asyncio.shield(self.jobs.on_stream_gone(job, "the client cancelled the stream or its deadline passed"))
 
-    async def _receive(self, job: LiveJob, request_iterator, context) -> None:
+    async def _events(self, events: asyncio.Queue, context):
+        """SegmentEvents from a job's events until its result (then return) or its error (then abort)."""
+        while True:
+            kind, *payload = await events.get()
+            if kind == "progress":
+                yield pb.SegmentEvent(progress=progress_message(payload[0]))
+            elif kind == "done":
+                job_id, report, artifacts = payload
+                yield pb.SegmentEvent(result=result_from_report(job_id, report))
+                yield pb.SegmentEvent(artifacts=pb.Artifacts(job_id=job_id, artifacts=artifact_refs(artifacts)))
+                return
+            else:
+                await context.abort(status_code(payload[0]), payload[1])
+                return
+
+    async def _receive(self, job: LiveJob, requests, context) -> None:
         try:
             ended = False
-            async for request in request_iterator:
+            async for request in requests:
                 which = request.WhichOneof("item")
                 if which == "end":
                     ended = True
                     break
                 if which == "header":
-                    raise invalid("a second Header in one Segment stream; send one scan per stream "
-                                  "(or several with SubmitBatch)")
-                await self.jobs.receive(job, request)
+                    raise InvalidRequest("a second Header in one Segment stream; send one scan per stream "
+                                         "(or several with SubmitBatch)")
+                await receive(self.jobs, job, request)
             if not ended:
                 # The request stream also ends when the client cancels; a cancelled RPC is done a
                 # moment later, a half-closed one is not (clients that send EndOfScan skip this wait).
@@ -115,156 +187,80 @@ class CoviaxServicer(pb_grpc.CoviaxServicer):
     async def _follow_existing(self, job, context):
         """Events of the job an idempotency key names: live, or its stored outcome."""
         if isinstance(job, LiveJob) and job.terminal:  # finished a moment ago: its row has the outcome
-            job = await self.jobs.store.call(self.jobs.store.get, job.job_id)
+            job = await self.jobs.stored(job.job_id)
         if isinstance(job, LiveJob):
             yield pb.SegmentEvent(accepted=pb.Accepted(job_id=job.job_id, existing=True, batch_id=job.batch_id))
-            events = self.jobs.subscribe(job)
+            events = job.subscribe()
             try:
-                self.jobs._progress(job)
-                while True:
-                    kind, *payload = await events.get()
-                    if kind == "progress":
-                        yield pb.SegmentEvent(progress=payload[0])
-                    elif kind == "done":
-                        yield pb.SegmentEvent(result=payload[0])
-                        yield pb.SegmentEvent(artifacts=payload[1])
-                        return
-                    else:
-                        await context.abort(payload[0], payload[1])
-                        return
+                job.emit_progress()
+                async for event in self._events(events, context):
+                    yield event
             finally:
-                self.jobs.unsubscribe(job, events)
+                job.unsubscribe(events)
+            return
         row = job
         yield pb.SegmentEvent(accepted=pb.Accepted(job_id=row["job_id"], existing=True, batch_id=row["batch_id"]))
         if row["state"] == "DONE":
-            artifacts = await self.jobs.store.call(self.jobs.store.artifacts, row["job_id"])
+            artifacts = await self.jobs.artifacts(row["job_id"])
             yield pb.SegmentEvent(result=result_from_report(row["job_id"], json.loads(row["report"])))
             yield pb.SegmentEvent(artifacts=pb.Artifacts(job_id=row["job_id"], artifacts=artifact_refs(artifacts)))
             return
-        code = getattr(grpc.StatusCode, row["error_code"] or "UNKNOWN", grpc.StatusCode.UNKNOWN)
-        await context.abort(code, row["error_message"] or f"job {row['job_id']} is {row['state']}")
+        await context.abort(status_code(row["error_code"]), row["error_message"] or f"job {row['job_id']} is {row['state']}")
 
     # -------------------------------------------------------------- SubmitBatch
 
     async def SubmitBatch(self, request_iterator, context):
-        batch_id = uuid.uuid4().hex[:16]
-        index, job, skipping = -1, None, False
-        accepted = rejected = 0
-        ref = ""
-
-        async def close_scan():
-            nonlocal job, accepted, rejected
-            current, job = job, None
-            if current is None:
-                return None
-            try:
-                await self.jobs.complete_upload(current)
-            except Exception as exc:
-                await self.jobs.fail(current, exc)
-                code, message = to_status(exc, current.job_id)
-                rejected += 1
-                return pb.BatchEvent(scan_index=index, client_ref=ref,
-                                     rejected=pb.Rejected(code=code.name, message=message))
-            accepted += 1
-            return pb.BatchEvent(scan_index=index, client_ref=ref,
-                                 accepted=pb.Accepted(job_id=current.job_id, batch_id=current.batch_id))
-
-        loop = asyncio.get_running_loop()
-
-        def on_rpc_done(_context) -> None:
-            current = job
-            if current is not None and not current.upload_complete:
-                loop.call_soon_threadsafe(self.jobs.spawn, self.jobs.on_stream_gone(
-                    current, "the batch stream ended during this scan's upload"))
-
-        context.add_done_callback(on_rpc_done)
+        session = BatchSession(self.jobs, receive)
+        context.add_done_callback(session.on_rpc_done(asyncio.get_running_loop()))
         try:
             async for request in request_iterator:
-                which = request.WhichOneof("item")
-                if which == "header":
-                    event = await close_scan()
-                    if event is not None:
-                        yield event
-                    index += 1
-                    ref = request.header.client_ref
-                    batch_id = request.header.batch_id or batch_id
-                    skipping = False
-                    try:
-                        admitted, existing = await self.jobs.admit(request.header, streaming=False, batch_id=batch_id)
-                    except Exception as exc:
-                        code, message = to_status(exc)
-                        rejected += 1
-                        skipping = True
-                        yield pb.BatchEvent(scan_index=index, client_ref=ref,
-                                            rejected=pb.Rejected(code=code.name, message=message))
-                        continue
-                    if existing:
-                        accepted += 1
-                        skipping = True
-                        job_id = admitted.job_id if isinstance(admitted, LiveJob) else admitted["job_id"]
-                        yield pb.BatchEvent(scan_index=index, client_ref=ref,
-                                            accepted=pb.Accepted(job_id=job_id, existing=True, batch_id=batch_id))
-                        continue
-                    job = admitted
-                elif which == "end":
-                    event = await close_scan()
-                    if event is not None:
-                        yield event
-                    skipping = True
-                elif skipping:
-                    continue
-                elif job is None:
-                    rejected += 1
-                    skipping = True
-                    code, message = to_status(precondition("scan data before its Header; each scan of a batch "
-                                                           "starts with a Header"))
-                    yield pb.BatchEvent(scan_index=max(index, 0), rejected=pb.Rejected(code=code.name, message=message))
-                else:
-                    try:
-                        await self.jobs.receive(job, request)
-                    except Exception as exc:
-                        await self.jobs.fail(job, exc)
-                        code, message = to_status(exc, job.job_id)
-                        job, skipping = None, True
-                        rejected += 1
-                        yield pb.BatchEvent(scan_index=index, client_ref=ref,
-                                            rejected=pb.Rejected(code=code.name, message=message))
-            event = await close_scan()
-            if event is not None:
+                for event in await session.handle(request):
+                    yield event
+            for event in await session.finish():
                 yield event
-            yield pb.BatchEvent(scan_index=index + 1, done=pb.BatchDone(batch_id=batch_id, accepted=accepted,
-                                                                         rejected=rejected))
         finally:
-            if job is not None and not job.upload_complete:
-                await asyncio.shield(self.jobs.on_stream_gone(job, "the batch stream ended during this scan's upload"))
+            await session.abandon()
 
     # ------------------------------------------------------------------ queries
 
     async def GetJob(self, request, context):
         try:
-            return await self.jobs.get_job(request.job_id)
+            if isinstance(request, Malformed):
+                raise request.error()
+            return job_message(await self.jobs.get_job(request.job_id))
         except Exception as exc:
             await _abort(context, exc)
 
     async def ListJobs(self, request, context):
         try:
-            state = pb.JobState.Name(request.state) if request.state else ""
-            return await self.jobs.list_jobs(request.batch_id, state, request.page_size, request.page_token)
+            if isinstance(request, Malformed):
+                raise request.error()
+            try:
+                state = state_name(request.state)
+            except ValueError:
+                raise InvalidRequest(f"state {request.state} is not a JobState; leave it unset for all states") from None
+            records, token = await self.jobs.list_jobs(request.batch_id, state, request.page_size, request.page_token)
+            return pb.ListJobsResponse(jobs=[job_message(r, with_result=False) for r in records],
+                                       next_page_token=token)
         except Exception as exc:
             await _abort(context, exc)
 
     async def CancelJob(self, request, context):
         try:
-            return await self.jobs.cancel_by_id(request.job_id)
+            if isinstance(request, Malformed):
+                raise request.error()
+            return job_message(await self.jobs.cancel_by_id(request.job_id))
         except Exception as exc:
             await _abort(context, exc)
 
     async def DownloadArtifact(self, request, context):
         try:
+            if isinstance(request, Malformed):
+                raise request.error()
             path, ref = await self.jobs.artifact_file(request.job_id, request.name)
             size = path.stat().st_size
             if request.offset > size:
-                raise invalid(f"offset {request.offset} is past the end of {ref['file_name']} ({size} bytes)")
+                raise InvalidRequest(f"offset {request.offset} is past the end of {ref['file_name']} ({size} bytes)")
         except Exception as exc:
             await _abort(context, exc)
             return
@@ -286,9 +282,11 @@ class CoviaxServicer(pb_grpc.CoviaxServicer):
                     break
 
     async def GetModelInfo(self, request, context):
+        if isinstance(request, Malformed):
+            await _abort(context, request.error())
         if not self.jobs.ready:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is warming up; retry in a few seconds")
-        return self.jobs.model_info
+            await _abort(context, Unavailable("the server is warming up; retry in a few seconds"))
+        return model_info_message(self.jobs.model_info)
 
 
 async def _next(iterator):
@@ -296,11 +294,3 @@ async def _next(iterator):
         return await iterator.__anext__()
     except StopAsyncIteration:
         return None
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -212,6 +212,21 @@ class Store:
                 (json.dumps(report), now, now, job_id),
             )
 
+    def find_key(self, key: str) -> dict | None:
+        """The job an idempotency key names, unless that job may be replaced (cancelled, upload lost)."""
+        row = self._conn.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        row = dict(row)
+        return None if replaceable(row) else row
+
+    def start_attempt(self, job_id: str) -> int:
+        """The job RUNNING, one more attempt; returns the attempt number (it names the output folder)."""
+        with self._tx() as conn:
+            conn.execute("UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, updated = ? WHERE job_id = ?",
+                         (time.time(), job_id))
+            return int(conn.execute("SELECT attempts FROM jobs WHERE job_id = ?", (job_id,)).fetchone()[0])
+
     def get(self, job_id: str) -> dict | None:
         row = self._conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return dict(row) if row else None

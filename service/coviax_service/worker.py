@@ -118,12 +118,18 @@ def slice_keys(volume) -> list[str]:
 
 
 def load_raw_volume(input_dir: Path):
-    """The Volume of a RawSlices upload (raw.bin + geometry.json)."""
-    from coviax.scan import Volume
+    """The Volume of a RawSlices upload (raw.bin + geometry.json).
+
+    Raises the core's ScanError when the values are not plausibly Hounsfield units
+    (the same check a DICOM series or a NIfTI file gets).
+    """
+    from coviax.scan import Volume, check_plausible_hu
 
     geometry = json.loads((input_dir / "geometry.json").read_text())
     n, rows, cols = geometry["slices"], geometry["rows"], geometry["columns"]
     hu = np.fromfile(input_dir / "raw.bin", dtype="<i2").reshape(n, rows, cols).astype(np.int16)
+    check_plausible_hu(hu, where=f"the raw slices ({n} slices of {rows}x{cols})",
+                       hint="RawSlices.hu must hold Hounsfield units (air near -1000), not raw detector values.")
     return Volume(
         hu=hu,
         spacing_zyx=tuple(geometry["spacing_zyx"]),
@@ -133,9 +139,10 @@ def load_raw_volume(input_dir: Path):
     )
 
 
-def process_job(job_id: str, job_dir: str, out_name: str, options: dict, engine, predictions=None) -> dict:
+def process_job(job_id: str, job_dir: str, out_name: str, options, engine, predictions=None) -> dict:
     """Analyse the upload in ``job_dir/input`` and write the outputs into ``job_dir/out_name``.
 
+    ``options``: the job's :class:`~coviax_service.jobs.model.JobOptions`.
     ``engine``: the server's engine when it is 3D (K-means, pickled), else None
     and ``predictions`` holds the U-Net's classes per slice key.
 
@@ -144,7 +151,7 @@ def process_job(job_id: str, job_dir: str, out_name: str, options: dict, engine,
     prediction (the server predicts them and calls again). Raises the core's
     CoviaxError for bad input and JobCancelled once the job's CANCEL mark appears.
     """
-    from coviax.pipeline import SegmentOptions, run
+    from coviax.pipeline import run
 
     job_dir = Path(job_dir)
     input_dir = job_dir / "input"
@@ -157,17 +164,13 @@ def process_job(job_id: str, job_dir: str, out_name: str, options: dict, engine,
         if _progress_queue is not None:
             _progress_queue.put((job_id, stage, state))
 
-    opts = SegmentOptions(
-        lungs=options["lungs"], engine=options["engine"], device=options.get("device", "cpu"),
-        series_uid=options.get("series_uid") or None, outputs=tuple(options["outputs"]),
-        max_blobs=int(options["max_blobs"]), study_label=options.get("study_label") or None,
-    )
+    opts = options.segment_options()
     if (input_dir / "raw.bin").exists():
         scan = load_raw_volume(input_dir)
     else:
         scan = input_dir
     if engine is None:
-        engine = PrecomputedEngine(predictions or {}, options.get("model", "unet"), options.get("model_notes", []))
+        engine = PrecomputedEngine(predictions or {}, options.model or "unet", list(options.model_notes))
     try:
         result = run(scan, out_dir, opts, progress=progress, engine=engine)
     except MissingPredictions as need:
