@@ -107,22 +107,72 @@ def cmd_batch(args) -> int:
     return 1 if counts["failed"] else 0
 
 
-def cmd_listener(args) -> int:
-    from coviax_client.listener import DicomListener, sdk_submitter
+def _dicom_tls(cert, key, ca, server_side: bool):
+    """An ssl.SSLContext for DICOM TLS (PS3.15 B.1), or None when no certificate or CA is given."""
+    import ssl
 
+    if not (cert or key or ca):
+        return None
+    if server_side:
+        if not (cert and key):
+            raise ValueError("DICOM TLS needs both --dicom-tls-cert and --dicom-tls-key")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        if ca:  # mutual TLS: peers must show a certificate signed by this CA
+            ctx.load_verify_locations(ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        if cert and key:
+            ctx.load_cert_chain(cert, key)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def cmd_listener(args) -> int:
+    import signal
+    import threading
+
+    from coviax_client.listener import DicomListener, RoutingRules, sdk_submitter
+
+    rules = RoutingRules(modalities=tuple(args.modality or ["CT"]), series_description=args.series_description,
+                         min_slices=args.min_slices, skip_localizers=not args.include_localizers)
+    sender = None
+    if args.pacs:
+        from coviax_client.sender import PacsNode, ResultSender
+
+        node = PacsNode.parse(args.pacs, calling_ae_title=args.pacs_calling_ae or args.ae_title)
+        sender = ResultSender(node, Path(args.out) / "pacs", max_attempts=args.send_attempts,
+                              backoff_s=args.send_backoff,
+                              ssl_context=_dicom_tls(None, None, args.pacs_tls_ca, server_side=False)
+                              if args.pacs_tls_ca else None)
     client = _client(args, retry_codes=("UNAVAILABLE", "RESOURCE_EXHAUSTED"), retries=8)
-    listener = DicomListener(args.ae_title, args.port, args.out, sdk_submitter(client, args.deidentify, **_options(args)),
-                             idle_seconds=args.idle_seconds, host=args.host, keep_incoming=args.keep_incoming)
+    listener = DicomListener(args.ae_title, args.port, args.out,
+                             sdk_submitter(client, args.deidentify, sender=sender, **_options(args)),
+                             idle_seconds=args.idle_seconds, host=args.host, keep_incoming=args.keep_incoming,
+                             rules=rules, allowed_calling=args.allow_calling_ae or (),
+                             allowed_called=args.allow_called_ae or [args.ae_title],
+                             allowed_peers=args.allow_peer or ("127.0.0.1", "::1"),
+                             ssl_context=_dicom_tls(args.dicom_tls_cert, args.dicom_tls_key, args.dicom_tls_ca, True),
+                             grace_seconds=args.grace_seconds)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if sender is not None:
+        sender.start()
     listener.start()
-    print(f"coviax-client: C-STORE SCP {args.ae_title} on {args.host}:{listener.port}; series complete after "
-          f"{args.idle_seconds:g} s without new instances; Ctrl-C stops", file=sys.stderr, flush=True)
+    print(f"coviax-client: C-STORE SCP {args.ae_title} on {args.host}:{listener.port}; CT series complete after "
+          f"{args.idle_seconds:g} s without new instances"
+          + (f"; results go back to {sender.node}" if sender else "") + "; Ctrl-C or SIGTERM stops",
+          file=sys.stderr, flush=True)
     try:
-        while True:
-            time.sleep(1)
+        while not stop.wait(1):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
-        listener.stop()
+        listener.stop()  # running submissions get --grace-seconds; the rest stays in incoming/ for the next start
+        if sender is not None:
+            sender.stop()  # what is not sent stays in the outbox
         client.close()
     return 0
 
@@ -206,14 +256,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=2, help="scans in flight at once (default 2)")
     p.set_defaults(func=cmd_batch)
 
-    p = sub.add_parser("dicom-listener", parents=[common, scan_opts], help="C-STORE SCP: analyse every series pushed to it")
+    p = sub.add_parser("dicom-listener", parents=[common, scan_opts], help="C-STORE SCP: analyse every CT series pushed to it")
     p.add_argument("--ae-title", default="COVIAX", help="AE title (default COVIAX)")
     p.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; give the host's address, or 0.0.0.0, to accept a PACS)")
     p.add_argument("--out", required=True, help="results, one folder per series")
     p.add_argument("--idle-seconds", type=float, default=10.0,
                    help="a series is complete when no instance arrived for this long after the association release")
     p.add_argument("--keep-incoming", action="store_true", help="keep the received files after submission")
+    g = p.add_argument_group("who may store (associations from others are rejected)")
+    g.add_argument("--allow-peer", action="append", metavar="ADDR[/BITS]",
+                   help="peer address or network allowed to connect; repeatable (default loopback only; 0.0.0.0/0 = any)")
+    g.add_argument("--allow-calling-ae", action="append", metavar="AE",
+                   help="calling AE title allowed; repeatable (default any)")
+    g.add_argument("--allow-called-ae", action="append", metavar="AE",
+                   help="called AE title accepted; repeatable (default: --ae-title)")
+    g.add_argument("--dicom-tls-cert", help="DICOM TLS: this listener's certificate (PEM)")
+    g.add_argument("--dicom-tls-key", help="DICOM TLS: its private key (PEM)")
+    g.add_argument("--dicom-tls-ca", help="DICOM TLS: CA that signs the peers' certificates (turns on mutual TLS)")
+    g = p.add_argument_group("what is analysed (other instances are acknowledged and discarded)")
+    g.add_argument("--modality", action="append", metavar="MOD", help="accepted Modality; repeatable (default CT)")
+    g.add_argument("--series-description", metavar="REGEX",
+                   help="SeriesDescription must contain a match of this regular expression (case-insensitive)")
+    g.add_argument("--min-slices", type=int, default=16, help="series with fewer instances are skipped (default 16)")
+    g.add_argument("--include-localizers", action="store_true", help="keep images whose ImageType is LOCALIZER")
+    g = p.add_argument_group("results back to a PACS (C-STORE of SEG, SR and Secondary Capture)")
+    g.add_argument("--pacs", metavar="AE@HOST:PORT", help="the PACS node to store the results in")
+    g.add_argument("--pacs-calling-ae", help="our AE title towards the PACS (default --ae-title)")
+    g.add_argument("--pacs-tls-ca", help="DICOM TLS to the PACS, trusting this CA (PEM)")
+    g.add_argument("--send-attempts", type=int, default=5,
+                   help="failed sends per instance before it moves to OUT/pacs/dead-letter (default 5)")
+    g.add_argument("--send-backoff", type=float, default=5.0,
+                   help="seconds before the first retry; doubles each time, at most 600 (default 5)")
+    p.add_argument("--grace-seconds", type=float, default=30.0,
+                   help="on SIGTERM, how long running submissions may finish; the rest resumes on the next start")
     p.set_defaults(func=cmd_listener)
 
     p = sub.add_parser("health", parents=[common], help="print the server's health status")
