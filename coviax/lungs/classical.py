@@ -38,8 +38,15 @@ BONE_HU = 300
 MIN_LUNG_ML = 50.0
 
 
-def segment_lungs_classical(volume):
-    """Lung mask of ``volume`` by the classical method; see the module docstring."""
+def segment_lungs_classical(volume, close_pleura: bool = True):
+    """Lung mask of ``volume`` by the classical method; see the module docstring.
+
+    ``close_pleura=False`` skips step 5's 20 mm closing and keeps only the 3D hole
+    fill (vessels, airways inside the lung): on a scan without dense lesions at
+    the pleura this is the lung as a reader outlines it, without the hilar and
+    cardiac tissue the closing can pull in. The lung network's training targets
+    and the evaluation's reference lungs are made this way.
+    """
     from coviax.lungs import LungMask
 
     hu = volume.hu
@@ -54,8 +61,10 @@ def segment_lungs_classical(volume):
     labels, split_note = split_left_right(lungs, volume)
     if split_note:
         notes.append(split_note)
-    labels = fill_pleural_lesions(labels, hu, body, volume)
-    return LungMask(labels=labels, method="classical", notes=notes)
+    if close_pleura:
+        labels = fill_pleural_lesions(labels, hu, body, volume)
+        return LungMask(labels=labels, method="classical", notes=notes)
+    return LungMask(labels=fill_lung_holes(labels), method="classical-unclosed", notes=notes)
 
 
 def body_mask(hu: np.ndarray) -> np.ndarray:
@@ -192,6 +201,20 @@ def _two_seeds(lungs: np.ndarray):
 
 def _patient_x(volume, x_index: np.ndarray) -> np.ndarray:
     return volume.origin_xyz[0] + volume.direction[0, 0] * x_index * volume.spacing_zyx[2]
+
+
+def fill_lung_holes(labels: np.ndarray) -> np.ndarray:
+    """Each lung's 3D holes (vessels, airways and lesions enclosed by lung) filled, nothing else added."""
+    out = labels.copy()
+    for lung in (RIGHT_LUNG, LEFT_LUNG):
+        mask = labels == lung
+        if not mask.any():
+            continue
+        z0, z1, y0, y1, x0, x1 = _bbox(mask, pad=0)
+        sub = fill_voids.fill(mask[z0:z1, y0:y1, x0:x1], in_place=False)
+        region = out[z0:z1, y0:y1, x0:x1]
+        region[sub & (region == 0)] = lung
+    return out
 
 
 def fill_pleural_lesions(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, volume) -> np.ndarray:
