@@ -44,6 +44,11 @@ from coviax.labels import LEFT_LUNG, RIGHT_LUNG, Label
 
 #: HU above which a lesion voxel counts as high opacity.
 HIGH_OPACITY_HU = -200
+#: The smallest lesion that makes a zone or lobe "involved": a 26-connected lesion blob of at
+#: least 0.5 mL, about a 1 cm sphere -- the size below which readers do not call a focus an
+#: opacity. Smaller specks (partial volume at the pleura, a fissure, an airway wall) still count
+#: in the percentages of opacity, but not in the zone and lobe scores.
+MIN_SCORED_LESION_ML = 0.5
 
 #: Upper edges (percent, inclusive) of the six-zone bins 1..3; above the last edge scores 4.
 #: Bin 1 is "< 25 %", so its edge is exclusive: handled in :func:`zone_bin`.
@@ -121,6 +126,7 @@ def compute_scores(
     superior_sign: float = 1.0,
     lobes: np.ndarray | None = None,
     lobe_reason: str | None = None,
+    voxel_ml: float | None = None,
 ) -> dict:
     """All severity scores as a JSON-ready dict (the report's ``scores``).
 
@@ -138,6 +144,9 @@ def compute_scores(
         optional lobe label volume (LTRCLobes codes 1-5).
     lobe_reason:
         why there are no lobes (goes into ``lobe_score.reason``).
+    voxel_ml:
+        volume of one voxel in mL; with it, lesion blobs smaller than
+        :data:`MIN_SCORED_LESION_ML` do not count in the zone and lobe scores.
 
     Raises
     ------
@@ -148,6 +157,7 @@ def compute_scores(
         raise ValueError(f"shape mismatch: labels {labels.shape}, lungs {lung_labels.shape}, hu {hu.shape}")
     lesion = labels >= Label.GGO
     high = (lesion & (hu > HIGH_OPACITY_HU)) | (labels == Label.CONSOLIDATION)
+    scored = scored_lesions(lesion, voxel_ml)
 
     per_lung: dict[str, dict] = {}
     zones: dict[str, dict] = {}
@@ -157,6 +167,7 @@ def compute_scores(
         lung = lung_labels == code
         lung_per_slice = np.count_nonzero(lung, axis=(1, 2))
         lesion_per_slice = np.count_nonzero(lesion & lung, axis=(1, 2))
+        scored_per_slice = np.count_nonzero(scored & lung, axis=(1, 2)) if scored is not lesion else lesion_per_slice
         high_per_slice = np.count_nonzero(high & lung, axis=(1, 2))
         n_lung, n_lesion, n_high = int(lung_per_slice.sum()), int(lesion_per_slice.sum()), int(high_per_slice.sum())
         total_lung += n_lung
@@ -169,7 +180,7 @@ def compute_scores(
             chosen = slices[zone_idx == zi]
             z_lung = int(lung_per_slice[chosen].sum())
             z_lesion = int(lesion_per_slice[chosen].sum())
-            score = zone_bin(z_lesion, z_lung)
+            score = zone_bin(int(scored_per_slice[chosen].sum()), z_lung)
             zone_total += score
             zones[f"{name}_{zone}"] = {
                 "score": score,
@@ -186,11 +197,26 @@ def compute_scores(
             **{k: v["high_opacity_pct"] for k, v in per_lung.items()},
         },
         "high_opacity_hu": HIGH_OPACITY_HU,
-        "six_zone": {"total": zone_total, "max": 24, "zones": zones},
-        "lobe_score": lobe_scores(labels, lobes, lobe_reason),
+        "six_zone": {"total": zone_total, "max": 24, "zones": zones, "min_lesion_ml": _min_ml(voxel_ml)},
+        "lobe_score": lobe_scores(np.where(scored, labels, np.uint8(Label.HEALTHY_LUNG)) if scored is not lesion
+                                  else labels, lobes, lobe_reason),
         "research_thresholds": dict(RESEARCH_THRESHOLDS),
     }
     return scores
+
+
+def scored_lesions(lesion: np.ndarray, voxel_ml: float | None) -> np.ndarray:
+    """Lesion voxels in blobs of at least :data:`MIN_SCORED_LESION_ML` (all of them without ``voxel_ml``)."""
+    if voxel_ml is None or not lesion.any():
+        return lesion
+    import cc3d
+
+    min_voxels = int(np.ceil(MIN_SCORED_LESION_ML / voxel_ml))
+    return cc3d.dust(lesion, threshold=min_voxels, connectivity=26, in_place=False)
+
+
+def _min_ml(voxel_ml: float | None) -> float | None:
+    return MIN_SCORED_LESION_ML if voxel_ml is not None else None
 
 
 def lobe_scores(labels: np.ndarray, lobes: np.ndarray | None, reason: str | None = None) -> dict:
@@ -221,4 +247,5 @@ def scores_for(volume, lungs, lesions) -> dict:
     reason = None
     if lungs.lobes is None:
         reason = (f"lung method {lungs.method} gives no lobes; the lobe score needs the lungmask LTRCLobes model")
-    return compute_scores(lesions.labels, lungs.labels, volume.hu, volume.superior_axis_sign, lungs.lobes, reason)
+    return compute_scores(lesions.labels, lungs.labels, volume.hu, volume.superior_axis_sign, lungs.lobes, reason,
+                          voxel_ml=volume.voxel_volume_ml)

@@ -167,14 +167,35 @@ def test_scores_in_report_json_and_table():
     quantities = quantify(labels, lungs.labels, volume)
     report = build_report(volume, lungs, lesions, quantities, {"total": 1.0})
     scores = json.loads(json.dumps(report["scores"]))  # JSON-ready: no numpy types
-    assert scores["six_zone"]["total"] == 13
+    # voxels of 0.0032 mL: the 1-voxel speck (left upper) and the 100-voxel 0.32 mL patch (right upper)
+    # are below the 0.5 mL smallest scored lesion, so 13 - 1 - 2 = 10
+    assert scores["six_zone"]["total"] == 10 and scores["six_zone"]["min_lesion_ml"] == 0.5
     assert scores["opacity_pct"]["overall"] == pytest.approx(report["ratios_pct"]["all"], abs=1e-3)
     assert scores["lobe_score"]["computed"] is False and "LTRCLobes" in scores["lobe_score"]["reason"]
     th = scores["research_thresholds"]
     assert (th["vr_all_oxygen_need_pct"], th["vr_all_oxygen_need_auc"], th["vr_all_diagnosis_pct"]) == (2.5, 0.92, 1.5)
     assert "not validated" in th["label"] and "context only" in th["label"]
     rows = dict(summary_rows(report))
-    assert rows["Six-zone score"].startswith("13/24")
+    assert rows["Six-zone score"].startswith("10/24")
     assert rows["Lobe score"].startswith("not computed")
     assert "context only" in rows["Research thresholds"]
     assert "Six-zone score" in format_table(report)
+
+
+def test_specks_below_the_smallest_scored_lesion_do_not_make_a_zone_involved():
+    # one voxel of GGO in the left upper zone: 1 mL voxels -> a 1 mL blob counts, 0.1 mL voxels -> a
+    # 0.1 mL speck does not (MIN_SCORED_LESION_ML = 0.5), while the opacity percentage still counts it
+    from coviax.scores import MIN_SCORED_LESION_ML
+
+    labels = _labels(right_counts=(0, 0, 0), left_counts=(1, 0, 0))
+    hu = np.full(labels.shape, -800, np.int16)
+    assert MIN_SCORED_LESION_ML == 0.5
+    big_voxels = compute_scores(labels, _lungs(), hu, voxel_ml=1.0)
+    assert big_voxels["six_zone"]["total"] == 1 and big_voxels["six_zone"]["min_lesion_ml"] == 0.5
+    small_voxels = compute_scores(labels, _lungs(), hu, voxel_ml=0.1)
+    assert small_voxels["six_zone"]["total"] == 0
+    assert small_voxels["six_zone"]["zones"]["left_upper"]["affected_pct"] == 0.25
+    assert small_voxels["opacity_pct"]["left"] == pytest.approx(100 / 1200, abs=1e-4)
+    # five 0.1 mL voxels in one blob make 0.5 mL: involved again
+    labels = _labels(right_counts=(0, 0, 0), left_counts=(5, 0, 0))
+    assert compute_scores(labels, _lungs(), hu, voxel_ml=0.1)["six_zone"]["total"] == 1
