@@ -150,10 +150,14 @@ def combine(raw, lung):
     return torch.where(cavity & (raw >= 2), raw, out)
 
 
-def dice_scores(pred, truth) -> dict:
-    """Dice of GGO, consolidation, lesion (both) and vessel over a set of label maps (torch tensors)."""
+LESION_DICE_CLASSES = (("ggo", (3,)), ("cons", (4,)), ("lesion", (3, 4)), ("vessel", (2,)))
+
+
+def dice_scores(pred, truth, classes=LESION_DICE_CLASSES) -> dict:
+    """Dice of each named group of label codes over a set of label maps (torch tensors); by default
+    GGO, consolidation, lesion (both) and vessel."""
     out = {}
-    for name, codes in (("ggo", (3,)), ("cons", (4,)), ("lesion", (3, 4)), ("vessel", (2,))):
+    for name, codes in classes:
         a = sum((pred == c) for c in codes).bool()
         b = sum((truth == c) for c in codes).bool()
         denom = int(a.sum() + b.sum())
@@ -245,7 +249,9 @@ def train_loop(cfg: dict) -> None:
                    "epoch_seconds": round(time.perf_counter() - t0, 1)}
         if rank == 0:
             metrics.update({f"val_dice_{k}": v for k, v in validate(core, xv, yv, lv, device).items()})
-            score = np.nanmean([metrics["val_dice_ggo"], metrics["val_dice_cons"]])
+            # a lung network (2 classes) is scored by its lung Dice, a lesion network by GGO and consolidation
+            score = metrics["val_dice_lung"] if core.config.n_classes == 2 else np.nanmean(
+                [metrics["val_dice_ggo"], metrics["val_dice_cons"]])
             metrics["val_score"] = float(score) if not np.isnan(score) else 0.0
             if metrics["val_score"] > best["score"]:
                 best = {"score": metrics["val_score"], "epoch": epoch,
@@ -280,6 +286,8 @@ def validate(model, xv, yv, lv, device, batch: int = 16) -> dict:
             logits = model(xv[s : s + batch].float()[:, None].to(device))
             preds.append(logits.argmax(1).cpu())
     model.train()
+    if model.config.n_classes == 2:  # lung network: y is the lung mask itself
+        return dice_scores(torch.cat(preds).to(torch.uint8), yv, classes=(("lung", (1,)),))
     pred = combine(torch.cat(preds).to(torch.uint8), lv)
     truth = torch.where(lv > 0, yv, torch.zeros_like(yv))
     return dice_scores(pred, truth)
@@ -339,10 +347,6 @@ def ignore_lung_border(y: np.ndarray, lung: np.ndarray, px: int) -> np.ndarray:
 
 
 def run(run: RunDir, config: Config, reporter: Reporter, stage: str) -> dict:
-    import ray.train
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     t0 = time.perf_counter()
     tcfg = config.stage_train(stage)
     info = prepare_data(run, stage, config, reporter)
@@ -355,13 +359,35 @@ def run(run: RunDir, config: Config, reporter: Reporter, stage: str) -> dict:
         f"{stage}: {tcfg.epochs} epochs x {per_epoch} slices, batch {tcfg.batch_size}, loss {tcfg.loss}, "
         f"{tcfg.num_workers} worker(s){' with GPU' if tcfg.use_gpu else ' on CPU'}, input {config.model.input_size}px"
     )
-    actor = make_progress_actor()
     loop_cfg = {
         "stage": stage, "seed": config.seed, "model": dataclasses.asdict(config.model), "train": dataclasses.asdict(tcfg),
-        "train_data": info["train"], "val_data": info["val"], "threads": tcfg.cpus_per_worker, "progress": actor,
+        "train_data": info["train"], "val_data": info["val"], "threads": tcfg.cpus_per_worker,
         "class_weights": info.get("class_weights"),
     }
-    storage = run.path(STAGE_DIRS[stage], "ray")
+    out = run.path(STAGE_DIRS[stage])
+    history = fit(stage, loop_cfg, tcfg, run.path(STAGE_DIRS[stage], "ray"), out, reporter)
+    last = history[-1] if history else {}
+    reporter.line(f"{stage}: done in {fmt_seconds(time.perf_counter() - t0)}; model {out / 'model.pt'}")
+    return {
+        "model": str(out / "model.pt"), "epochs": len(history), "kept": tcfg.keep,
+        "final": {k: v for k, v in last.items() if k.startswith(("val_", "loss"))},
+        "data": {k: v for k, v in info.items() if k not in ("train", "val")},
+        "train_config": dataclasses.asdict(tcfg),
+    }
+
+
+def fit(stage: str, loop_cfg: dict, tcfg, storage: Path, out: Path, reporter: Reporter) -> list[dict]:
+    """Train with Ray Train (:func:`train_loop` on ``tcfg.num_workers`` workers); writes ``out/model.pt``.
+
+    ``loop_cfg`` names the data (``train_data``/``val_data`` npz files with x, y, lung), the model
+    config and the train config as dicts. Shared by the weakly supervised stages and the
+    exact-label recipe (:mod:`coviax_trainer.supervised`). Returns the per-epoch history.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    actor = make_progress_actor()
+    loop_cfg = {**loop_cfg, "progress": actor}
     storage.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         train_loop,
@@ -387,19 +413,15 @@ def run(run: RunDir, config: Config, reporter: Reporter, stage: str) -> dict:
                 state["started"] = True
             reporter.update(ev["global"], f"epoch {ev['epoch'] + 1} loss {ev['loss']:.3f}")
         elif ev["kind"] == "epoch":
-            reporter.line(
-                f"{stage} epoch {ev['epoch'] + 1}/{ev['epochs']}: loss {ev['loss']:.4f}  "
-                f"val dice GGO {ev.get('val_dice_ggo', float('nan')):.3f} cons {ev.get('val_dice_cons', float('nan')):.3f} "
-                f"lesion {ev.get('val_dice_lesion', float('nan')):.3f} vessel {ev.get('val_dice_vessel', float('nan')):.3f}  "
-                f"({ev['epoch_seconds']:.0f} s)"
-            )
+            scores = "  ".join(f"{k[len('val_dice_'):]} {v:.3f}" for k, v in ev.items() if k.startswith("val_dice_"))
+            reporter.line(f"{stage} epoch {ev['epoch'] + 1}/{ev['epochs']}: loss {ev['loss']:.4f}  val dice {scores}  "
+                          f"({ev['epoch_seconds']:.0f} s)")
 
     with ActorPoller(actor, handle):
         result = trainer.fit()
     reporter.stop()
     if result.checkpoint is None:
         raise TrainError(f"{stage}: Ray Train finished without a checkpoint")
-    out = run.path(STAGE_DIRS[stage])
     with result.checkpoint.as_directory() as d:
         history = json.loads((Path(d) / "history.json").read_text())
         if len(history) < tcfg.epochs:  # e.g. Ctrl-C: Ray Train aborts the run gracefully and returns
@@ -411,11 +433,4 @@ def run(run: RunDir, config: Config, reporter: Reporter, stage: str) -> dict:
         with atomic_path(out / "model.pt") as tmp:
             Path(tmp).write_bytes(src.read_bytes())
     write_json(out / "history.json", history)
-    last = history[-1] if history else {}
-    reporter.line(f"{stage}: done in {fmt_seconds(time.perf_counter() - t0)}; model {out / 'model.pt'}")
-    return {
-        "model": str(out / "model.pt"), "epochs": len(history), "kept": tcfg.keep,
-        "final": {k: v for k, v in last.items() if k.startswith(("val_", "loss"))},
-        "data": {k: v for k, v in info.items() if k not in ("train", "val")},
-        "train_config": dataclasses.asdict(tcfg),
-    }
+    return history
