@@ -222,7 +222,9 @@ class ResultSender:
         if not any(syntax in cx.transfer_syntax for cx in accepted):
             if syntax in _UNCOMPRESSED:
                 raise SendError(f"{self.node} accepted SOP class {_sop_name(sop_class)} with no syntax we can send")
-            ds.decompress()  # the PACS takes only uncompressed for this class (e.g. no RLE for SC)
+            # The PACS takes only uncompressed for this class (e.g. no RLE for the SC). RLE is lossless, so the
+            # instance is the same: keep its SOP Instance UID (pydicom would make a new one by default).
+            ds.decompress(generate_instance_uid=False)
         try:
             status = assoc.send_c_store(ds)
         except Exception as exc:

@@ -1,0 +1,198 @@
+"""Results back to a PACS: the C-STORE outbox (coviax_client.sender) against dcmtk's storescp as the PACS.
+
+The SEG, SR and Secondary Capture are the pipeline's own, made from the bundled real CT. storescp
+(Debian package dcmtk, installed by ``make setup``) stores what it receives on disk; the tests read it
+back. Covered: the right presentation contexts (SEG, Comprehensive 3D SR, SC with RLE or, when the PACS
+takes only uncompressed, decompressed), the ledger that never sends a SOP Instance UID twice (also after a
+restart), retries with doubling backoff and the dead-letter folder, and the listener's submitter queueing
+its results. The round trip through the real service is in tests/test_service_api.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+pytest.importorskip("pynetdicom")
+
+from coviax_client.sender import PacsNode, ResultSender  # noqa: E402
+from service_support import free_port, wait_for  # noqa: E402
+
+STORESCP = shutil.which("storescp")
+needs_storescp = pytest.mark.skipif(STORESCP is None,
+                                    reason="dcmtk's storescp not installed (Debian package dcmtk; make setup installs it)")
+RESULT_FILES = ("seg.dcm", "measurements_sr.dcm", "report_sc.dcm")
+
+
+@pytest.fixture(scope="module")
+def results(sample_volume, tmp_path_factory) -> dict[str, Path]:
+    from coviax.pipeline import SegmentOptions, run
+
+    out = tmp_path_factory.mktemp("results")
+    run(sample_volume, out, SegmentOptions(lungs="classical", engine="threshold", outputs=("report", "seg", "sr", "sc")))
+    return {name: out / name for name in RESULT_FILES}
+
+
+class StoreSCP:
+    """dcmtk's storescp on loopback, storing into ``folder``."""
+
+    def __init__(self, folder: Path, *options: str, ae_title: str = "PACS"):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.ae_title = ae_title
+        self.proc = subprocess.Popen([STORESCP, "-aet", ae_title, "-od", str(folder), *options, str(self.port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        echoscu = shutil.which("echoscu")
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError("storescp exited: " + self.proc.stdout.read())
+            if echoscu:
+                return subprocess.run([echoscu, "-aec", ae_title, "127.0.0.1", str(self.port)],
+                                      capture_output=True).returncode == 0
+            time.sleep(1)
+            return True
+
+        wait_for(ready, timeout=30, interval=0.3, what="storescp accepting associations")
+
+    def node(self) -> PacsNode:
+        return PacsNode(self.ae_title, "127.0.0.1", self.port, "COVIAX")
+
+    def received(self) -> dict[str, pydicom.Dataset]:
+        return {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in sorted(self.folder.iterdir()) if p.is_file())}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_pacs_node_parse():
+    node = PacsNode.parse("ORTHANC@10.0.0.5:4242")
+    assert (node.ae_title, node.host, node.port) == ("ORTHANC", "10.0.0.5", 4242)
+    assert PacsNode.parse("PACS@[::1]:104").host == "::1"
+    for bad in ("10.0.0.5:4242", "ORTHANC@host", "A@h:70000", "WAY_TOO_LONG_AE_TITLE@h:104"):
+        with pytest.raises(ValueError, match="PACS node"):
+            PacsNode.parse(bad)
+
+
+@needs_storescp
+def test_seg_sr_sc_are_stored_once_and_the_sc_decompressed_for_an_uncompressed_only_pacs(results, tmp_path):
+    pacs = StoreSCP(tmp_path / "pacs")  # default storescp: uncompressed transfer syntaxes only
+    try:
+        sender = ResultSender(pacs.node(), tmp_path / "spool")
+        assert sender.enqueue(results.values()) == 3
+        assert sender.enqueue(results.values()) == 0  # already queued
+        counts = sender.send_due()
+        assert counts == {"sent": 3, "failed": 0, "dead": 0, "waiting": 0}, counts
+        got = pacs.received()
+        assert set(got) == {_uid(p) for p in results.values()}
+        classes = {str(ds.SOPClassUID) for ds in got.values()}
+        assert classes == {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"}
+        original = pydicom.dcmread(results["report_sc.dcm"])
+        assert original.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
+        sc = got[str(original.SOPInstanceUID)]
+        assert sc.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.5"
+        assert np.array_equal(sc.pixel_array, original.pixel_array)
+        source = pydicom.dcmread(results["seg.dcm"], stop_before_pixels=True)
+        assert {str(ds.StudyInstanceUID) for ds in got.values()} == {str(source.StudyInstanceUID)}
+        # idempotent: nothing is sent twice, also by a new sender on the same spool (a restart)
+        assert sender.enqueue(results.values()) == 0 and sender.send_due()["sent"] == 0
+        again = ResultSender(pacs.node(), tmp_path / "spool")
+        assert again.enqueue(results.values()) == 0 and again.was_sent(_uid(results["seg.dcm"]))
+        assert len((tmp_path / "spool" / "sent.txt").read_text().split()) == 3
+        assert len(list((tmp_path / "pacs").iterdir())) == 3
+    finally:
+        pacs.stop()
+
+
+@needs_storescp
+def test_rle_secondary_capture_stays_rle_when_the_pacs_accepts_it(results, tmp_path):
+    pacs = StoreSCP(tmp_path / "pacs", "+xa")
+    try:
+        sender = ResultSender(pacs.node(), tmp_path / "spool")
+        sender.enqueue([results["report_sc.dcm"]])
+        assert sender.send_due()["sent"] == 1
+        (sc,) = pacs.received().values()
+        assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
+    finally:
+        pacs.stop()
+
+
+def test_unreachable_pacs_retries_with_doubling_backoff_then_dead_letters(results, tmp_path):
+    node = PacsNode("PACS", "127.0.0.1", free_port(), "COVIAX")  # nothing listens there
+    sender = ResultSender(node, tmp_path / "spool", max_attempts=3, backoff_s=0.2, timeout_s=5)
+    sender.enqueue([results["seg.dcm"]])
+    (item,) = sender.pending()
+    first = sender.send_due()
+    assert first["failed"] == 1 and first["dead"] == 0
+    state = json.loads(item.with_suffix(".json").read_text())
+    assert state["attempts"] == 1 and "no association" in state["last_error"]
+    assert state["next_try"] - state["last_try"] == pytest.approx(0.2, abs=0.05)
+    assert sender.send_due() == {"sent": 0, "failed": 0, "dead": 0, "waiting": 1}  # backing off
+    time.sleep(0.25)
+    assert sender.send_due()["failed"] == 1
+    state = json.loads(item.with_suffix(".json").read_text())
+    assert state["attempts"] == 2 and state["next_try"] - state["last_try"] == pytest.approx(0.4, abs=0.05)
+    time.sleep(0.45)
+    assert sender.send_due()["dead"] == 1
+    assert sender.pending() == [] and [p.name for p in sender.dead_letters()] == [item.name]
+    reason = json.loads((tmp_path / "spool" / "dead-letter" / item.with_suffix(".json").name).read_text())
+    assert reason["attempts"] == 3 and "no association" in reason["last_error"]
+    assert sender.enqueue([results["seg.dcm"]]) == 0  # dead-lettered: not queued again behind the operator's back
+    assert not sender.was_sent(_uid(results["seg.dcm"]))
+
+
+@needs_storescp
+def test_listener_submitter_queues_its_results_and_the_thread_sends_them(results, tmp_path):
+    from coviax_client.listener import sdk_submitter
+
+    class FakeResult:
+        job_id = "job-1"
+        ratios_pct = {"all": 1.0}
+
+    class FakeClient:
+        """Stands in for CoviaxClient: 'downloads' the pipeline's files."""
+
+        def __init__(self):
+            self.keys = []
+
+        def segment(self, folder, idempotency_key, **options):
+            self.keys.append(idempotency_key)
+            return FakeResult()
+
+        def download_all(self, result, out):
+            for name, path in results.items():
+                shutil.copy(path, Path(out) / name)
+
+    pacs = StoreSCP(tmp_path / "pacs")
+    sender = ResultSender(pacs.node(), tmp_path / "spool").start()
+    try:
+        client = FakeClient()
+        submit = sdk_submitter(client, sender=sender)
+        out = tmp_path / "out"
+        out.mkdir()
+        (tmp_path / "in").mkdir()
+        submit(tmp_path / "in", "series-0123456789abcdef", out, "c" * 64)
+        assert client.keys == ["listener-series-0123456789abcdef-" + "c" * 32]
+        assert sender.wait_idle(60), "the sender thread did not empty the outbox"
+        assert set(pacs.received()) == {_uid(p) for p in results.values()}
+        submit(tmp_path / "in", "series-0123456789abcdef", out, "c" * 64)  # the same job's files again
+        assert sender.pending() == []
+    finally:
+        sender.stop()
+        pacs.stop()
