@@ -274,3 +274,141 @@ def test_nifti_not_in_hu_is_flagged(sample_volume, tmp_path):
 def test_series_uid_selection(series_copy, tmp_path):
     with pytest.raises(ScanError, match="series 1.2.3 not found"):
         read_scan(series_copy, series_uid="1.2.3")
+
+
+# ------------------------------------------------- hostile input (issue 13: items 1, 2, 4, 8)
+
+
+class PanicException(BaseException):
+    """What pyo3 raises when a Rust decoder panics: a BaseException, not an Exception."""
+
+
+def _first_ds(series_copy):
+    f = _files(series_copy)[5]
+    return f, pydicom.dcmread(f)
+
+
+def test_a_decoder_panic_is_a_pixel_data_error(series_copy, monkeypatch):
+    from coviax.scan import slice_to_hu
+
+    f, ds = _first_ds(series_copy)
+
+    def panic(self):
+        raise PanicException("called `Result::unwrap()` on an `Err` value")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(panic))
+    with pytest.raises(PixelDataError, match="decoder crashed on the pixel data") as info:
+        slice_to_hu(ds, f.name)
+    assert "PanicException" not in str(info.value)
+    with pytest.raises(PixelDataError, match="decoder crashed"):
+        read_scan(series_copy)
+
+
+def test_a_decoder_never_swallows_keyboard_interrupt(series_copy, monkeypatch):
+    from coviax.scan import slice_to_hu
+
+    f, ds = _first_ds(series_copy)
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        slice_to_hu(ds, f.name)
+
+
+def test_slice_to_hu_is_the_series_readers_conversion(series_copy, sample_volume):
+    from coviax.scan import slice_to_hu
+
+    files = sorted(_files(series_copy), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True)
+                                                          .ImagePositionPatient[2]))
+    z = 10 if sample_volume.direction[2, 2] > 0 else len(files) - 11
+    hu = slice_to_hu(pydicom.dcmread(files[10]), files[10].name)
+    assert hu.dtype == np.int16 and np.array_equal(hu, sample_volume.hu[z])
+
+
+@pytest.mark.parametrize("keyword, value, match", [
+    ("RescaleSlope", "NaN", r"RescaleSlope \(0028,1053\) is \[nan\]; expected 1 finite"),
+    ("RescaleSlope", "0", r"RescaleSlope \(0028,1053\) is 0"),
+    ("RescaleIntercept", "inf", r"RescaleIntercept \(0028,1052\) is \[inf\]"),
+    ("PixelSpacing", [0, 0], r"PixelSpacing \(0028,0030\) is \[0.0, 0.0\]; both values must be positive"),
+    ("PixelSpacing", ["NaN", "0.8"], r"PixelSpacing \(0028,0030\) is \[nan, 0.8\]"),
+    ("ImageOrientationPatient", [1, 0, 0, 0, 1], r"ImageOrientationPatient \(0020,0037\) is .*expected 6"),
+])
+def test_invalid_rescale_and_geometry_values_are_refused(series_copy, keyword, value, match):
+    for f in _files(series_copy):
+        ds = pydicom.dcmread(f)
+        setattr(ds, keyword, value)
+        ds.save_as(f)
+    with pytest.raises(ScanError, match=match):
+        read_scan(series_copy)
+
+
+@pytest.mark.parametrize("keyword", ["Rows", "Columns"])
+def test_missing_image_size_is_a_named_error_not_attribute_error(series_copy, keyword):
+    f = _files(series_copy)[0]
+    ds = pydicom.dcmread(f)
+    delattr(ds, keyword)
+    ds.save_as(f)
+    with pytest.raises(ScanError, match=f"missing {keyword}"):
+        read_scan(series_copy)
+
+
+def test_bits_allocated_of_12_is_refused_before_decoding(series_copy):
+    f = _files(series_copy)[0]
+    ds = pydicom.dcmread(f)
+    ds["BitsAllocated"].value = 12  # a CT slice has 8, 16 or 32 bits per pixel
+    ds.save_as(f)
+    with pytest.raises(PixelDataError, match=r"BitsAllocated \(0028,0100\) 12"):
+        read_scan(series_copy)
+
+
+def test_mixed_orientation_message_prints_plain_numbers(series_copy):
+    f = _files(series_copy)[7]
+    ds = pydicom.dcmread(f)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0.8, -0.6]
+    ds.save_as(f)
+    with pytest.raises(GeometryError, match=r"\[1\.0, 0\.0, 0\.0, 0\.0, 0\.8, -0\.6\]") as info:
+        read_scan(series_copy)
+    assert "np.float64" not in str(info.value)
+
+
+def _deflated_copy(src, dst, payload: bytes | None = None):
+    """``src`` saved in Deflated Explicit VR Little Endian; with ``payload``, its deflated data set replaced."""
+    import zlib
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(src)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(dst, enforce_file_format=True)
+    if payload is not None:
+        data = dst.read_bytes()
+        meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # (0002,0000) group length
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        dst.write_bytes(data[:meta_end] + compressor.compress(payload) + compressor.flush())
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(series_copy):
+    files = _files(series_copy)
+    _deflated_copy(files[3], files[3], payload=b"\0" * (80 * 1024**2))  # 80 MiB of zeros: about 80 KB deflated
+    assert files[3].stat().st_size < 1024**2
+    with pytest.raises(ScanError, match="inflates to more than 64 MiB; refusing a likely deflate bomb"):
+        read_scan(series_copy)
+
+
+def test_a_corrupt_deflated_data_set_is_a_named_error_not_zlib_error(series_copy):
+    files = _files(series_copy)
+    _deflated_copy(files[3], files[3])
+    data = bytearray(files[3].read_bytes())
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")
+    data[meta_end:meta_end + 64] = b"\xff" * 64
+    files[3].write_bytes(bytes(data))
+    with pytest.raises(ScanError, match="corrupt DICOM file"):
+        read_scan(series_copy)
+
+
+def test_a_deflated_series_still_reads(series_copy, sample_volume):
+    for f in _files(series_copy)[:4]:
+        _deflated_copy(f, f)
+    assert np.array_equal(read_scan(series_copy).hu, sample_volume.hu)
