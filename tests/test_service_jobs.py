@@ -1,0 +1,234 @@
+"""The job service's parts without a gRPC server: options, admission, ending jobs, retention, decoding.
+
+Each test drives one module of ``coviax_service.jobs`` with a real SQLite store in a temporary folder
+(and no engine, worker pool or network), as the package is meant to be used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("grpc")
+
+from coviax.errors import OptionError  # noqa: E402
+from coviax_service.config import ServiceConfig  # noqa: E402
+from coviax_service.errors import LimitExceeded, classify  # noqa: E402
+from coviax_service.jobs.admission import Admission  # noqa: E402
+from coviax_service.jobs.model import JobOptions, JobRequest, JobState, Lifecycle, LiveJob  # noqa: E402
+from coviax_service.jobs.retention import Retention  # noqa: E402
+from coviax_service.jobs.runner import Runner  # noqa: E402
+from coviax_service.jobs.scheduler import Scheduler  # noqa: E402
+from coviax_service.metrics import Metrics  # noqa: E402
+from coviax_service.store import Store  # noqa: E402
+
+
+class PanicException(BaseException):
+    """What pyo3 raises when a Rust decoder panics: a BaseException, not an Exception."""
+
+
+class Parts:
+    """Admission, scheduler and runner on one store, as JobManager wires them (no engine, no pool)."""
+
+    def __init__(self, data_dir: Path, **config):
+        self.config = ServiceConfig(data_dir=data_dir, engine="kmeans", lungs="classical", metrics_port=0,
+                                    **config)
+        self.store = Store(data_dir)
+        self.store.open()
+        self.metrics = Metrics()
+        self.lifecycle = Lifecycle(ready=True)
+        self.live: dict[str, LiveJob] = {}
+        self.scheduler = Scheduler(self.config, self.metrics, self.lifecycle, self.live)
+        self.admission = Admission(self.config, self.store, self.scheduler, self.lifecycle, self.live,
+                                   lambda: ("cpu", "kmeans:unsupervised", ()))
+        self.runner = Runner(self.config, self.store, self.metrics, self.scheduler, self.lifecycle, self.live)
+
+    def rows(self) -> list[dict]:
+        return self.store.call_sync(lambda: self.store.list(limit=1000))
+
+    def close(self):
+        self.store.close()
+
+
+@pytest.fixture()
+def parts(tmp_path):
+    p = Parts(tmp_path / "data", max_concurrent_scans=4)
+    yield p
+    p.close()
+
+
+def _options(**kw) -> JobOptions:
+    return JobOptions.resolve(JobRequest(**kw), engine="kmeans", lungs="classical", device="cpu",
+                              model="kmeans:unsupervised")
+
+
+# ------------------------------------------------------------------ model
+
+
+def test_job_options_take_the_cores_defaults_and_checks():
+    from coviax.pipeline import OUTPUTS, SegmentOptions
+
+    o = _options()
+    assert (o.lungs, o.max_blobs, o.outputs) == ("classical", SegmentOptions.max_blobs, OUTPUTS)
+    assert JobOptions.from_dict(json.loads(json.dumps(o.to_dict()))) == o
+    assert _options(max_blobs=0, outputs=("report",), lungs="auto").segment_options().outputs == ("report",)
+    with pytest.raises(OptionError, match="unknown lung method 'lobes'"):
+        _options(lungs="lobes")
+    with pytest.raises(OptionError, match=r"unknown outputs \['gif'\]"):
+        _options(outputs=("report", "gif"))
+    with pytest.raises(OptionError, match="max_blobs 1001 outside 0..1000"):
+        _options(max_blobs=1001)
+
+
+def test_job_states_are_the_api_names():
+    from coviax_api.coviax.v1 import coviax_pb2 as pb
+
+    assert [s.value for s in JobState] == [pb.JobState.Name(v) for v in sorted(pb.JobState.values()) if v]
+    assert {s for s in JobState if s.terminal} == {JobState.DONE, JobState.FAILED, JobState.CANCELLED}
+
+
+# ------------------------------------------------------------------ admission (issue 13, item 3)
+
+
+def test_concurrent_headers_cannot_overbook_slots_or_leave_rows_receiving(parts):
+    """16 Headers at once for 4 slots: 4 jobs, 12 RESOURCE_EXHAUSTED, no stray RECEIVING row; retries work."""
+    slow_create = parts.store.create_job
+
+    def create_job(row):  # the row write takes long enough for every Header to be in flight at once
+        import time
+
+        time.sleep(0.02)
+        return slow_create(row)
+
+    parts.store.create_job = create_job
+
+    async def main():
+        results = await asyncio.gather(*(parts.admission.admit(JobRequest(idempotency_key=f"key-{i}"), streaming=True)
+                                         for i in range(16)), return_exceptions=True)
+        admitted = [r[0] for r in results if not isinstance(r, BaseException)]
+        refused = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+        assert len(admitted) == 4 and len(parts.scheduler.holders) == 4 and parts.scheduler.reserved == 0
+        assert all(isinstance(results[i], LimitExceeded) for i in refused)
+        rows = parts.rows()
+        assert sorted(r["job_id"] for r in rows if r["state"] == "RECEIVING") == sorted(j.job_id for j in admitted)
+        # a slot frees up: a refused scan retried with its idempotency key becomes a job
+        await parts.runner.cancel(admitted[0], "test")
+        job, existing = await parts.admission.admit(JobRequest(idempotency_key=f"key-{refused[0]}"), streaming=True)
+        assert not existing and job.job_id in parts.scheduler.holders
+
+    asyncio.run(main())
+
+
+def test_a_row_refused_after_it_was_written_is_failed_and_its_key_reusable(parts, monkeypatch):
+    """The disk fills between the row and the upload folder: the row is FAILED, not RECEIVING; the key works again."""
+    real_mkdir = Path.mkdir
+
+    def full_disk(self, *args, **kwargs):
+        if self.name == "input":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkdir(self, *args, **kwargs)
+
+    async def main():
+        monkeypatch.setattr(Path, "mkdir", full_disk)
+        with pytest.raises(OSError) as info:
+            await parts.admission.admit(JobRequest(idempotency_key="k"), streaming=True)
+        monkeypatch.undo()
+        assert classify(info.value)[0] == "RESOURCE_EXHAUSTED"
+        [row] = parts.rows()
+        assert (row["state"], row["error_code"]) == ("FAILED", "RESOURCE_EXHAUSTED")
+        assert not parts.scheduler.holders and parts.scheduler.reserved == 0
+        job, existing = await parts.admission.admit(JobRequest(idempotency_key="k"), streaming=True)
+        assert not existing and job.job_id != row["job_id"]
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ ending jobs (issue 13, items 1 and 3)
+
+
+def test_on_a_full_disk_the_upload_is_deleted_before_the_failed_row_is_written(parts):
+    async def main():
+        job, _ = await parts.admission.admit(JobRequest(idempotency_key="full"), streaming=True)
+        upload = parts.store.job_dir(job.job_id) / "input" / "instance-00000.dcm"
+        upload.write_bytes(b"\0" * 4096)
+        update = parts.store.update
+
+        def update_on_a_full_disk(job_id, **fields):  # SQLite can write only once the upload is gone
+            if upload.exists():
+                raise sqlite3.OperationalError("database or disk is full")
+            return update(job_id, **fields)
+
+        parts.store.update = update_on_a_full_disk
+        await parts.runner.fail(job, OSError(errno.ENOSPC, "No space left on device"))
+        row = parts.store.call_sync(parts.store.get, job.job_id)
+        assert (row["state"], row["error_code"]) == ("FAILED", "RESOURCE_EXHAUSTED")
+        assert "disk is full" in row["error_message"] and not parts.store.job_dir(job.job_id).exists()
+        assert not parts.scheduler.holders
+
+    asyncio.run(main())
+
+
+def test_a_panic_while_a_job_runs_fails_the_job_and_frees_its_slot(parts):
+    class PanickingPredictor:
+        async def predictions(self, job):
+            raise PanicException("called `Option::unwrap()` on a `None` value")
+
+    parts.runner.predictor = PanickingPredictor()
+
+    async def main():
+        job, _ = await parts.admission.admit(JobRequest(), streaming=True)
+        events = job.subscribe()
+        await asyncio.wait_for(parts.runner.run(job), 10)
+        row = parts.store.call_sync(parts.store.get, job.job_id)
+        assert (row["state"], row["error_code"]) == ("FAILED", "INTERNAL")
+        assert "PanicException" not in row["error_message"] and "reference" in row["error_message"]
+        assert not parts.scheduler.holders and job.job_id not in parts.live
+        kinds = []
+        while not events.empty():
+            kinds.append(events.get_nowait()[0])
+        assert kinds[-1] == "error"
+
+    asyncio.run(main())
+
+
+def test_decode_instance_survives_a_decoder_panic(tmp_path, monkeypatch):
+    import pydicom
+
+    from coviax_service.jobs.slices import decode_instance
+    from service_support import make_small_series
+
+    path = sorted(make_small_series(tmp_path / "s", n=2).glob("*.dcm"))[0]
+    key, hu = decode_instance(path)
+    assert hu.shape == (128, 128) and key
+
+    def panic(self):
+        raise PanicException("rle decoder panicked")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(panic))
+    assert decode_instance(path) is None  # the 3D read names the defect; the thread does not die
+
+
+def test_disk_full_and_panics_map_to_codes_without_class_names():
+    assert classify(OSError(errno.ENOSPC, "No space left on device"))[0] == "RESOURCE_EXHAUSTED"
+    code, message = classify(PanicException("boom"))
+    assert code == "INTERNAL" and "PanicException" not in message and "boom" not in message
+
+
+# ------------------------------------------------------------------ retention
+
+
+def test_retention_picks_old_jobs_then_oldest_over_the_byte_limit(tmp_path):
+    config = ServiceConfig(data_dir=tmp_path, retention_days=7, retention_max_bytes=250)
+    now = 1_000_000_000.0
+    rows = [{"job_id": "a", "finished": now - 8 * 86400, "bytes": 100},
+            {"job_id": "b", "finished": now - 2 * 86400, "bytes": 100},
+            {"job_id": "c", "finished": now - 1 * 86400, "bytes": 100},
+            {"job_id": "d", "finished": now - 60, "bytes": 100}]
+    assert [r["job_id"] for r in Retention(config, None).select(rows, now)] == ["a", "b"]
+    config.retention_max_bytes = 0
+    assert [r["job_id"] for r in Retention(config, None).select(rows, now)] == ["a"]
