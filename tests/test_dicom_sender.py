@@ -1,8 +1,8 @@
-"""Results back to a PACS: the C-STORE outbox (coviax_client.sender) against dcmtk's storescp as the PACS.
+"""Results back to a PACS: the C-STORE outbox (coviax_client.sender) against a storage SCP.
 
-The SEG, SR and Secondary Capture are the pipeline's own, made from the bundled real CT. storescp
-(Debian package dcmtk, installed by ``make setup``) stores what it receives on disk; the tests read it
-back. Covered: the right presentation contexts (SEG, Comprehensive 3D SR, SC with RLE or, when the PACS
+The SEG, SR and Secondary Capture are the pipeline's own, made from the bundled real CT. The PACS is a
+pynetdicom storage SCP on 127.0.0.1, and dcmtk's storescp (Debian package dcmtk, installed by
+``make setup``) in a network namespace of its own, since storescp cannot bind to loopback only. Covered: the right presentation contexts (SEG, Comprehensive 3D SR, SC with RLE or, when the PACS
 takes only uncompressed, decompressed), the ledger that never sends a SOP Instance UID twice (also after a
 restart), retries with doubling backoff and the dead-letter folder, and the listener's submitter queueing
 its results. The round trip through the real service is in tests/test_service_api.py.
@@ -26,8 +26,7 @@ from coviax_client.sender import PacsNode, ResultSender  # noqa: E402
 from service_support import free_port, wait_for  # noqa: E402
 
 STORESCP = shutil.which("storescp")
-needs_storescp = pytest.mark.skipif(STORESCP is None,
-                                    reason="dcmtk's storescp not installed (Debian package dcmtk; make setup installs it)")
+UNSHARE = shutil.which("unshare")
 RESULT_FILES = ("seg.dcm", "measurements_sr.dcm", "report_sc.dcm")
 
 
@@ -40,28 +39,34 @@ def results(sample_volume, tmp_path_factory) -> dict[str, Path]:
     return {name: out / name for name in RESULT_FILES}
 
 
-class StoreSCP:
-    """dcmtk's storescp on loopback, storing into ``folder``."""
+class FakePacs:
+    """A storage SCP (pynetdicom) on 127.0.0.1 that keeps what it receives in ``folder``.
 
-    def __init__(self, folder: Path, *options: str, ae_title: str = "PACS"):
+    dcmtk's storescp cannot bind to loopback only (it listens on every interface), so the detailed tests
+    use this one; test_dcmtk_storescp_receives_dicom_send runs storescp inside a network namespace.
+    ``rle``: accept RLE Lossless as well as the uncompressed syntaxes (storescp's +xa); default uncompressed only.
+    """
+
+    def __init__(self, folder: Path, rle: bool = False, ae_title: str = "PACS"):
+        from pynetdicom import AE, StoragePresentationContexts, evt
+
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
         self.ae_title = ae_title
-        self.proc = subprocess.Popen([STORESCP, "-aet", ae_title, "-od", str(folder), *options, str(self.port)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        echoscu = shutil.which("echoscu")
+        ae = AE(ae_title=ae_title)
+        syntaxes = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"] + (["1.2.840.10008.1.2.5"] if rle else [])
+        for cx in StoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, syntaxes)
+        ae.require_called_aet = True
 
-        def ready():
-            if self.proc.poll() is not None:
-                raise AssertionError("storescp exited: " + self.proc.stdout.read())
-            if echoscu:
-                return subprocess.run([echoscu, "-aec", ae_title, "127.0.0.1", str(self.port)],
-                                      capture_output=True).returncode == 0
-            time.sleep(1)
-            return True
+        def on_store(event):
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            ds.save_as(folder / (str(ds.SOPInstanceUID) + ".dcm"), enforce_file_format=True)
+            return 0x0000
 
-        wait_for(ready, timeout=30, interval=0.3, what="storescp accepting associations")
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        self.port = self.server.server_address[1]
 
     def node(self) -> PacsNode:
         return PacsNode(self.ae_title, "127.0.0.1", self.port, "COVIAX")
@@ -70,11 +75,7 @@ class StoreSCP:
         return {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in sorted(self.folder.iterdir()) if p.is_file())}
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self.server.shutdown()
 
 
 def _uid(path: Path) -> str:
@@ -90,9 +91,8 @@ def test_pacs_node_parse():
             PacsNode.parse(bad)
 
 
-@needs_storescp
 def test_seg_sr_sc_are_stored_once_and_the_sc_decompressed_for_an_uncompressed_only_pacs(results, tmp_path):
-    pacs = StoreSCP(tmp_path / "pacs")  # default storescp: uncompressed transfer syntaxes only
+    pacs = FakePacs(tmp_path / "pacs")  # uncompressed transfer syntaxes only
     try:
         sender = ResultSender(pacs.node(), tmp_path / "spool")
         assert sender.enqueue(results.values()) == 3
@@ -120,9 +120,8 @@ def test_seg_sr_sc_are_stored_once_and_the_sc_decompressed_for_an_uncompressed_o
         pacs.stop()
 
 
-@needs_storescp
 def test_rle_secondary_capture_stays_rle_when_the_pacs_accepts_it(results, tmp_path):
-    pacs = StoreSCP(tmp_path / "pacs", "+xa")
+    pacs = FakePacs(tmp_path / "pacs", rle=True)
     try:
         sender = ResultSender(pacs.node(), tmp_path / "spool")
         sender.enqueue([results["report_sc.dcm"]])
@@ -157,7 +156,6 @@ def test_unreachable_pacs_retries_with_doubling_backoff_then_dead_letters(result
     assert not sender.was_sent(_uid(results["seg.dcm"]))
 
 
-@needs_storescp
 def test_listener_submitter_queues_its_results_and_the_thread_sends_them(results, tmp_path):
     from coviax_client.listener import sdk_submitter
 
@@ -179,7 +177,7 @@ def test_listener_submitter_queues_its_results_and_the_thread_sends_them(results
             for name, path in results.items():
                 shutil.copy(path, Path(out) / name)
 
-    pacs = StoreSCP(tmp_path / "pacs")
+    pacs = FakePacs(tmp_path / "pacs")
     sender = ResultSender(pacs.node(), tmp_path / "spool").start()
     try:
         client = FakeClient()
@@ -196,3 +194,41 @@ def test_listener_submitter_queues_its_results_and_the_thread_sends_them(results
     finally:
         sender.stop()
         pacs.stop()
+
+
+def _netns_ok() -> bool:
+    if UNSHARE is None or shutil.which("ip") is None:
+        return False
+    return subprocess.run([UNSHARE, "-n", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(STORESCP is None, reason="dcmtk's storescp not installed (Debian package dcmtk; make setup installs it)")
+@pytest.mark.skipif(not _netns_ok(), reason="no network namespace (unshare -n needs CAP_SYS_ADMIN): storescp cannot "
+                                            "bind to loopback only, so it runs only where it can be isolated")
+def test_dcmtk_storescp_receives_dicom_send(results, tmp_path):
+    """dcmtk's storescp as the PACS, ``coviax-client dicom-send`` as the sender, alone in a network namespace."""
+    import sys
+
+    pacs = tmp_path / "pacs"
+    pacs.mkdir()
+    spool = tmp_path / "spool"
+    files = " ".join(str(p) for p in results.values())
+    script = f"""
+set -e
+ip link set lo up
+{STORESCP} -aet PACS -od {pacs} 11112 &
+scp=$!
+for i in $(seq 100); do echoscu -aec PACS 127.0.0.1 11112 2>/dev/null && break; sleep 0.2; done
+rc=0
+{sys.executable} -m coviax_client.cli dicom-send --pacs PACS@127.0.0.1:11112 --spool {spool} {files} || rc=$?
+{sys.executable} -m coviax_client.cli dicom-send --pacs PACS@127.0.0.1:11112 --spool {spool} {files} || rc=$?
+kill $scp
+exit $rc
+"""
+    proc = subprocess.run([UNSHARE, "-n", "bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 of 3 instance(s) queued" in proc.stderr and "0 of 3 instance(s) queued" in proc.stderr
+    got = {str(pydicom.dcmread(p).SOPInstanceUID): pydicom.dcmread(p) for p in pacs.iterdir()}
+    assert set(got) == {_uid(p) for p in results.values()}  # each once, SEG and SR and SC
+    sc = got[_uid(results["report_sc.dcm"])]
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.5"

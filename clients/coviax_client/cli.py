@@ -2,7 +2,8 @@
 
     coviax-client segment PATH --server HOST:PORT --out DIR [--deidentify]
     coviax-client batch MANIFEST.csv --server HOST:PORT --out DIR --parallel N
-    coviax-client dicom-listener --ae-title AE --port P --server HOST:PORT --out DIR
+    coviax-client dicom-listener --ae-title AE --port P --server HOST:PORT --out DIR [--pacs AE@HOST:PORT]
+    coviax-client dicom-send FILE|DIR... --pacs AE@HOST:PORT
     coviax-client health | info | jobs | job ID | cancel ID | download ID NAME --out DIR
 
 ``--server`` defaults to $COVIAX_SERVER, the token to $COVIAX_TOKEN. Exit
@@ -177,6 +178,31 @@ def cmd_listener(args) -> int:
     return 0
 
 
+def cmd_send(args) -> int:
+    """Store DICOM files (our SEG/SR/SC, or any) in a PACS through the outbox: retries, dead-letter, no duplicates."""
+    from coviax_client.sender import PacsNode, ResultSender
+
+    node = PacsNode.parse(args.pacs, calling_ae_title=args.calling_ae)
+    sender = ResultSender(node, Path(args.spool).expanduser(), max_attempts=args.attempts, backoff_s=args.backoff,
+                          ssl_context=_dicom_tls(None, None, args.pacs_tls_ca, server_side=False) if args.pacs_tls_ca else None)
+    files = [f for p in args.files for f in (sorted(Path(p).rglob("*.dcm")) if Path(p).is_dir() else [Path(p)])]
+    queued = sender.enqueue(files)
+    print(f"coviax-client: {queued} of {len(files)} instance(s) queued for {node} "
+          f"({len(files) - queued} already sent or queued)", file=sys.stderr)
+    while sender.pending():
+        counts = sender.send_due()
+        if counts["sent"] or counts["failed"] or counts["dead"]:
+            print(f"coviax-client: sent {counts['sent']}, failed {counts['failed']}, dead-lettered {counts['dead']}",
+                  file=sys.stderr, flush=True)
+        if sender.pending():
+            time.sleep(max(0.2, min(args.backoff, 5.0)))
+    dead = sender.dead_letters()
+    if dead:
+        print(f"coviax-client: {len(dead)} instance(s) in {sender.dead} could not be stored (the .json next to each "
+              "says why)", file=sys.stderr)
+    return 1 if dead else 0
+
+
 def cmd_health(args) -> int:
     with _client(args) as client:
         if args.wait:
@@ -293,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, how long running submissions may finish; the rest resumes on the next start")
     p.set_defaults(func=cmd_listener)
 
+    p = sub.add_parser("dicom-send", help="C-STORE DICOM files (e.g. seg.dcm, measurements_sr.dcm, report_sc.dcm) to a PACS, "
+                                          "with retries; never the same SOP Instance UID twice")
+    p.add_argument("files", nargs="+", help="DICOM files or folders (searched for *.dcm)")
+    p.add_argument("--pacs", required=True, metavar="AE@HOST:PORT", help="the PACS node")
+    p.add_argument("--calling-ae", default="COVIAX", help="our AE title (default COVIAX)")
+    p.add_argument("--spool", default="~/.cache/coviax/dicom-send",
+                   help="outbox, dead-letter folder and the ledger of sent instances (default ~/.cache/coviax/dicom-send)")
+    p.add_argument("--attempts", type=int, default=3, help="tries per instance before dead-letter (default 3)")
+    p.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry, doubling (default 2)")
+    p.add_argument("--pacs-tls-ca", help="DICOM TLS to the PACS, trusting this CA (PEM)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_send)
+
     p = sub.add_parser("health", parents=[common], help="print the server's health status")
     p.add_argument("--wait", type=float, help="wait up to this many seconds for SERVING")
     p.set_defaults(func=cmd_health)
@@ -319,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    if args.command == "dicom-listener":
+    if args.command in ("dicom-listener", "dicom-send"):
         logging.getLogger("coviax_client").setLevel(logging.INFO)
     from coviax_client.batch import ManifestError
     from coviax_client.sdk import CoviaxClientError
