@@ -376,3 +376,107 @@ def test_health_and_reflection(server, client):
                                            timeout=10))
     names = {s.name for s in reply.list_services_response.service}
     assert {"coviax.v1.Coviax", "grpc.health.v1.Health"} <= names
+
+
+# ----------------------------------------------------------------- hostile input (issue 13)
+
+
+def _no_python_in(message: str) -> None:
+    for word in ("Error", "Exception", "<class", "Traceback", "np.float64"):
+        assert word not in message, message
+
+
+def test_malformed_protobuf_and_bad_utf8_are_invalid_argument(server, client):
+    """Bytes that are not a message: INVALID_ARGUMENT on unary and streaming RPCs, no exception class named."""
+    channel = client.channel
+    not_protobuf = b"\xff\xff\xff\xff\x0f"
+    bad_utf8 = b"\x0a\x03\xff\xfe\xfd"  # field 1 (a string: job_id, or the Header's options) of 3 bytes, not UTF-8
+    for method in ("GetJob", "CancelJob", "ListJobs", "GetModelInfo"):
+        call = channel.unary_unary(f"/coviax.v1.Coviax/{method}")
+        for payload in (not_protobuf, bad_utf8 if method != "GetModelInfo" else not_protobuf):
+            with pytest.raises(grpc.RpcError) as err:
+                call(payload, timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, err.value)
+            assert "not a valid coviax.v1." in err.value.details()
+            _no_python_in(err.value.details())
+    download = channel.unary_stream("/coviax.v1.Coviax/DownloadArtifact")
+    with pytest.raises(grpc.RpcError) as err:
+        list(download(not_protobuf, timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    header = pb.SegmentRequest(header=pb.Header(options=pb.SegmentOptions(outputs=["report"]))).SerializeToString()
+    segment = channel.stream_stream("/coviax.v1.Coviax/Segment")
+    for stream in ([not_protobuf], [header, not_protobuf], [header, b"\x12\x05\x12\x03\xff\xfe\xfd"]):
+        with pytest.raises(grpc.RpcError) as err:
+            list(segment(iter(stream), timeout=30))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        _no_python_in(err.value.details())
+    batch = channel.stream_stream("/coviax.v1.Coviax/SubmitBatch", response_deserializer=pb.BatchEvent.FromString)
+    events = list(batch(iter([header, not_protobuf]), timeout=30))
+    assert events[0].rejected.code == "INVALID_ARGUMENT" and "not a valid coviax.v1" in events[0].rejected.message
+    assert events[-1].done.rejected == 1
+    wait_for(lambda: sample_value(server, "coviax_scans_in_flight") == 0, what="slots released")
+    assert _status(client) == "SERVING"
+
+
+def test_list_jobs_rejects_tokens_and_states_it_never_gave(client):
+    stub = pb_grpc.CoviaxStub(client.channel)
+    for request, match in ((pb.ListJobsRequest(page_token="1" + "0" * 30), "page_token"),
+                           (pb.ListJobsRequest(page_token="-5"), "page_token"),
+                           (pb.ListJobsRequest(state=99), "state 99 is not a JobState")):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ListJobs(request, timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and match in err.value.details()
+        _no_python_in(err.value.details())
+    assert stub.ListJobs(pb.ListJobsRequest(state=pb.DONE, page_size=1), timeout=30) is not None
+
+
+def test_invalid_values_are_refused_not_analysed(client, small_series, tmp_path):
+    """NaN/0 rescale and spacing, NaN/inf raw spacing, a raw volume with no air: INVALID_ARGUMENT naming the problem."""
+    hu = np.full((4, 32, 32), -1000, dtype=np.int16)
+    hu[:, 8:24, 8:24] = 40
+    for spacing, match in (((float("nan"), 1.0, 1.0), "spacing_zyx"), ((5.0, float("inf"), 1.0), "spacing_zyx"),
+                           ((5.0, 0.0, 1.0), "spacing_zyx")):
+        with pytest.raises(CoviaxClientError) as err:
+            client.segment_array(hu, spacing, outputs=["report"])
+        assert err.value.code == "INVALID_ARGUMENT" and match in err.value.message, err.value
+    no_air = np.full((4, 32, 32), 40, dtype=np.int16)
+    with pytest.raises(CoviaxClientError) as err:
+        client.segment_array(no_air, (5.0, 1.0, 1.0), outputs=["report"])
+    assert err.value.code == "INVALID_ARGUMENT" and "not plausibly Hounsfield units" in err.value.message
+    for keyword, value, match in (("RescaleSlope", "NaN", "RescaleSlope (0028,1053)"),
+                                  ("PixelSpacing", [0, 0], "PixelSpacing (0028,0030)")):
+        broken = tmp_path / keyword
+        broken.mkdir()
+        for f in sorted(small_series.glob("*.dcm")):
+            ds = pydicom.dcmread(f)
+            setattr(ds, keyword, value)
+            ds.save_as(broken / f.name)
+        error = _expect(client, broken, "INVALID_ARGUMENT", match)
+        _no_python_in(error.message)
+
+
+def test_a_full_disk_is_resource_exhausted_and_the_same_key_works_after(server, client, small_series, monkeypatch):
+    import io
+
+    from coviax_service.jobs import uploads
+
+    class FullDisk(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(uploads, "open", lambda *a, **k: FullDisk(), raising=False)
+    error = _expect(client, small_series, "RESOURCE_EXHAUSTED", "disk is full", idempotency_key="disk-full-1")
+    _no_python_in(error.message)
+    monkeypatch.undo()
+    stub = pb_grpc.CoviaxStub(client.channel)
+    assert not stub.ListJobs(pb.ListJobsRequest(state=pb.RECEIVING), timeout=30).jobs
+    result = client.segment(small_series, outputs=["report"], idempotency_key="disk-full-1")
+    assert client.get_job(result.job_id).state == pb.DONE
+
+
+def test_metrics_listen_on_the_grpc_host_only(server):
+    assert server.server.config.host == "127.0.0.1"
+    assert server.server.metrics._http.server_address[0] == "127.0.0.1"

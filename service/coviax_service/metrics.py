@@ -42,9 +42,16 @@ class Metrics:
         self.model_info = Info("coviax_model", "The lesion engine this server runs", registry=r)
         self._http = None
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port (0 picks a free one)."""
-        result = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "[::]") -> int:
+        """Start the /metrics HTTP endpoint on ``host`` (the gRPC bind address, ``[::]`` or ``127.0.0.1``
+        style); returns the bound port (0 picks a free one)."""
+        addr = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            result = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError:
+            if addr != "::":
+                raise
+            result = start_http_server(port, addr="0.0.0.0", registry=self.registry)  # a host without IPv6
         self._http = result[0] if isinstance(result, tuple) else None
         return self._http.server_port if self._http is not None else port
 

@@ -82,7 +82,7 @@ class CoviaxServer:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()
         if self.config.metrics_port:
-            self.metrics_port = self.metrics.serve(self.config.metrics_port)
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, host=self.config.host)
         log.info("listening on %s:%d (%s), auth %s; warming up the %s engine",
                  self.config.host, self.port, "TLS" + (" + client certificates" if self.config.tls_client_ca else "")
                  if self.config.tls_cert else "plaintext", "on" if tokens else "off", self.config.engine)
