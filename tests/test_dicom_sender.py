@@ -232,3 +232,13 @@ exit $rc
     assert set(got) == {_uid(p) for p in results.values()}  # each once, SEG and SR and SC
     sc = got[_uid(results["report_sc.dcm"])]
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.5"
+
+
+def test_sender_and_listener_import_neither_torch_nor_the_core():
+    import sys
+
+    code = ("import sys, coviax_client.sender, coviax_client.listener, coviax_client.cli; "
+            "bad = [m for m in sys.modules if m in ('torch', 'coviax') or m.startswith(('torch.', 'coviax.'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
