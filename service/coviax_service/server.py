@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from coviax_api.coviax.v1 import coviax_pb2 as pb
 from coviax_service.auth import BearerTokenInterceptor
@@ -62,10 +62,16 @@ class CoviaxServer:
         )
         add_to_server(CoviaxServicer(self.jobs), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
+        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME,
+                 "grpc.reflection.v1.ServerReflection")
+        reflection.enable_server_reflection(names, self.server)
+        # Reflection v1 too (grpcurl asks for it first): grpcio-reflection ships only v1alpha stubs, and the v1
+        # messages are field for field the same, so the v1alpha servicer answers v1 under its own name.
+        v1 = reflection.aio.ReflectionServicer(names)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "grpc.reflection.v1.ServerReflection", {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                v1.ServerReflectionInfo, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}),))
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.config.host}:{self.config.port}"
