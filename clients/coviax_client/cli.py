@@ -139,6 +139,9 @@ def cmd_listener(args) -> int:
     rules = RoutingRules(modalities=tuple(args.modality or ["CT"]), series_description=args.series_description,
                          min_slices=args.min_slices, skip_localizers=not args.include_localizers)
     sender = None
+    if args.pacs and args.deidentify:
+        raise ValueError("--deidentify with --pacs: the results of a de-identified scan carry blanked patient "
+                         "attributes and would land in the PACS under a second, empty patient; use one or the other")
     if args.pacs:
         from coviax_client.sender import PacsNode, ResultSender
 
