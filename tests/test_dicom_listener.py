@@ -333,3 +333,55 @@ def test_deidentify_with_pacs_is_refused_with_the_reason(tmp_path, capsys):
                  "--pacs", "PACS@127.0.0.1:104", "--deidentify"])
     assert code == 2
     assert "--deidentify with --pacs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ DICOM TLS
+
+
+def _pki(folder: Path) -> dict[str, Path]:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    folder.mkdir()
+    f = {n: folder / n for n in ("ca.key", "ca.crt", "srv.key", "srv.csr", "srv.crt", "cli.key", "cli.csr", "cli.crt", "san.cnf")}
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(f["ca.key"]), "-out", str(f["ca.crt"]),
+        "-days", "2", "-subj", "/CN=COViaX test CA")
+    f["san.cnf"].write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for who in ("srv", "cli"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(f[f"{who}.key"]), "-out", str(f[f"{who}.csr"]),
+            "-subj", f"/CN={who}")
+        run("x509", "-req", "-in", str(f[f"{who}.csr"]), "-CA", str(f["ca.crt"]), "-CAkey", str(f["ca.key"]),
+            "-CAcreateserial", "-out", str(f[f"{who}.crt"]), "-days", "2", "-extfile", str(f["san.cnf"]))
+    return f
+
+
+@needs_dcmtk
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed (needed to make test certificates)")
+def test_dicom_tls_mutual_and_the_sender_over_tls(tmp_path):
+    from coviax_client.cli import _dicom_tls
+    from coviax_client.sender import PacsNode, ResultSender
+
+    pki = _pki(tmp_path / "pki")
+    rec = Recorder()
+    tls = _dicom_tls(str(pki["srv.crt"]), str(pki["srv.key"]), str(pki["ca.crt"]), server_side=True)
+    listener = _listener(tmp_path, rec, ssl_context=tls)
+    try:
+        ok = subprocess.run([ECHOSCU, "-aec", "COVIAX", "+tls", str(pki["cli.key"]), str(pki["cli.crt"]),
+                             "+cf", str(pki["ca.crt"]), "127.0.0.1", str(listener.port)], capture_output=True, text=True,
+                            timeout=60)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        plain = _echoscu(listener.port)
+        assert plain.returncode != 0  # no TLS: refused
+        anonymous = subprocess.run([ECHOSCU, "-aec", "COVIAX", "+tla", "+cf", str(pki["ca.crt"]), "127.0.0.1",
+                                    str(listener.port)], capture_output=True, text=True, timeout=60)
+        assert anonymous.returncode != 0  # TLS without a client certificate: refused (mutual TLS)
+    finally:
+        listener.stop()
+    # server-only TLS: the sender (TLS client trusting the CA) stores an instance in it
+    listener = _listener(tmp_path, rec, ssl_context=_dicom_tls(str(pki["srv.crt"]), str(pki["srv.key"]), None, True))
+    try:
+        sender = ResultSender(PacsNode("COVIAX", "127.0.0.1", listener.port), tmp_path / "spool",
+                              ssl_context=_dicom_tls(None, None, str(pki["ca.crt"]), server_side=False))
+        sender.enqueue([Path(get_testdata_file("CT_small.dcm"))])
+        assert sender.send_due()["sent"] == 1
+    finally:
+        listener.stop()

@@ -219,12 +219,16 @@ class ResultSender:
         if not accepted:
             raise SendError(f"{self.node} accepted no presentation context for SOP class {sop_class} "
                             f"({_sop_name(sop_class)})")
-        if not any(syntax in cx.transfer_syntax for cx in accepted):
-            if syntax in _UNCOMPRESSED:
-                raise SendError(f"{self.node} accepted SOP class {_sop_name(sop_class)} with no syntax we can send")
-            # The PACS takes only uncompressed for this class (e.g. no RLE for the SC). RLE is lossless, so the
-            # instance is the same: keep its SOP Instance UID (pydicom would make a new one by default).
-            ds.decompress(generate_instance_uid=False)
+        offered = {ts for cx in accepted for ts in cx.transfer_syntax}
+        if syntax not in offered:
+            if not offered & set(_UNCOMPRESSED):
+                raise SendError(f"{self.node} accepted SOP class {_sop_name(sop_class)} only with "
+                                f"{', '.join(sorted(offered))}, which we cannot convert to")
+            if syntax not in _UNCOMPRESSED:
+                # The PACS takes only uncompressed for this class (e.g. no RLE for the SC). RLE is lossless, so the
+                # instance is the same: keep its SOP Instance UID (pydicom would make a new one by default).
+                ds.decompress(generate_instance_uid=False)
+            # between uncompressed syntaxes (explicit <-> implicit VR) pynetdicom re-encodes when it sends
         try:
             status = assoc.send_c_store(ds)
         except Exception as exc:
