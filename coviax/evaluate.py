@@ -4,11 +4,14 @@ A fixed suite of 12 phantoms (:data:`SUITE`) is made from the bundled real
 chest CT with the evaluation seeds (:data:`coviax.phantom.EVAL_SEEDS`, which
 the trainer may not use) and cached in ``eval/cache``. Each engine runs with
 the phantom's TRUE lung mask, so lesion scores do not mix with lung mask
-errors; the classical lung method is scored separately (Dice of its cavity
-against the true lung). The product's default engine is also run end to end
-(:data:`END_TO_END_ENGINES`): with the classical lung mask made from the
-phantom itself, its VRall in percent of that mask -- the number a user of
-``coviax segment`` gets, lesions lost at the pleura included.
+errors; the lung methods are scored separately (Dice of their cavity
+against the true lung, which is the source's lung before lesions: classical
+thresholds without the closing, :data:`TRUE_LUNG`). The product's default
+engine is also run end to end (:data:`END_TO_END_ENGINES`, rows
+``unet+classical`` and ``unet+unet``): with a lung mask made from the phantom
+itself by that method, its VRall in percent of that mask -- the number a user
+of ``coviax segment`` gets, lesions lost at the pleura included. The real
+patients' rows are :mod:`coviax.evaluate_real`.
 
 Per case and engine (:func:`case_metrics`)
     Dice of GGO, of consolidation and of all lesions (GGO + consolidation as
@@ -51,10 +54,14 @@ log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = "coviax.eval/1"
 DEFAULT_ENGINES = ("threshold", "kmeans", "unet")
-#: Engines also scored end to end, with the classical lung mask instead of the true one; their rows are
-#: named ``<engine>+classical``.
+#: Engines also scored end to end, with a lung mask the product makes instead of the true one; their rows
+#: are named ``<engine>+<lung method>``.
 END_TO_END_ENGINES = ("unet",)
-END_TO_END_SUFFIX = "+classical"
+#: The lung methods of the end-to-end rows (``unet`` only when its weights are on this machine).
+END_TO_END_LUNGS = ("classical", "unet")
+#: The phantoms' true lung: the classical thresholds without the 20 mm closing (the lung before
+#: lesions; see coviax.realdata.reference_lung_mask), so no lung method scores against itself.
+TRUE_LUNG = "reference (classical thresholds, no closing)"
 QUICK_DOWNSAMPLE = 4
 NOISE_HU = 25.0
 
@@ -235,11 +242,11 @@ class PhantomCache:
         from coviax.phantom import GENERATOR_VERSION
 
         ident = json.dumps([GENERATOR_VERSION, self.source_sha, case.seed, case.severity, case.noise_sigma_hu,
-                            case.slice_thickness_mm, self.downsample])
+                            case.slice_thickness_mm, self.downsample, TRUE_LUNG])
         return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     def get(self, case: Case):
-        from coviax.lungs import LungMask, segment_lungs
+        from coviax.lungs import LungMask
         from coviax.phantom import Phantom, make_phantom
         from coviax.scan import Volume
 
@@ -257,7 +264,9 @@ class PhantomCache:
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("cache file %s unreadable (%s); making the phantom again", path.name, exc)
         if self._lungs is None:
-            self._lungs = segment_lungs(self.source, "classical")
+            from coviax.lungs.classical import segment_lungs_classical
+
+            self._lungs = segment_lungs_classical(self.source, close_pleura=False)
         phantom = make_phantom(self.source, seed=case.seed, severity=case.severity,
                                noise_sigma_hu=case.noise_sigma_hu, slice_thickness_mm=case.slice_thickness_mm,
                                lungs=self._lungs)
@@ -359,8 +368,11 @@ def evaluate(
     cache = PhantomCache(source, Path(cache_dir) if cache_dir else None, QUICK_DOWNSAMPLE if quick else 1)
     # one row per (row name, engine, lung mask it runs in): every engine with the true mask, then the
     # end-to-end rows with the classical mask
+    from coviax.lungs import unet as lung_unet
+
+    lung_methods = [m for m in END_TO_END_LUNGS if m != "unet" or lung_unet.find_weights() is not None]
     runs = [(name, name, "true") for name in built] + [
-        (name + END_TO_END_SUFFIX, name, "classical") for name in built if name in END_TO_END_ENGINES]
+        (f"{name}+{method}", name, method) for method in lung_methods for name in built if name in END_TO_END_ENGINES]
     per_engine: dict[str, list[dict]] = {row: [] for row, _, _ in runs}
     cases_out = []
     timing = {"phantoms_s": 0.0, "lungs_s": 0.0}
@@ -370,11 +382,14 @@ def evaluate(
         timing["phantoms_s"] += time.perf_counter() - t0
         truth = phantom.truth
         voxel_ml = phantom.volume.voxel_volume_ml
-        t0 = time.perf_counter()
-        lung_pred = segment_lungs(phantom.volume, "classical")
-        lung_seconds = time.perf_counter() - t0
-        timing["lungs_s"] += lung_seconds
-        lung_dice = dice(lung_pred.cavity, phantom.lungs.cavity)
+        lung_preds, lung_dices_case, lung_seconds = {}, {}, {}
+        for method in lung_methods:
+            t0 = time.perf_counter()
+            lung_preds[method] = segment_lungs(phantom.volume, method)
+            lung_seconds[method] = time.perf_counter() - t0
+            timing["lungs_s"] += lung_seconds[method]
+            lung_dices_case[method] = dice(lung_preds[method].cavity, phantom.lungs.cavity)
+        lung_dice = lung_dices_case["classical"]
         cases_out.append({
             **asdict(case),
             "shape_zyx": truth["shape_zyx"],
@@ -383,12 +398,14 @@ def evaluate(
             "true_volumes_ml": {k: truth["volumes_ml"][k] for k in ("ggo", "consolidation", "lesion", "vessel")},
             "true_lung_ml": truth["lung_ml"]["total"],
             "lung_dice_classical": lung_dice,
-            "lung_seconds_classical": lung_seconds,
+            "lung_seconds_classical": lung_seconds["classical"],
+            "lung_dice": lung_dices_case,
+            "lung_seconds": lung_seconds,
         })
         line = [f"[{i}/{len(suite)}] {case.case_id}: true VRall {truth['ratios_pct']['all']:.2f} %, lung Dice {lung_dice:.3f}"]
         for row, name, mask in runs:
             # "classical": what `coviax segment` reports, the engine inside the lung mask the product made itself
-            lungs = phantom.lungs if mask == "true" else lung_pred
+            lungs = phantom.lungs if mask == "true" else lung_preds[mask]
             t0 = time.perf_counter()
             result = built[name].segment(phantom.volume, lungs)
             seconds = time.perf_counter() - t0
@@ -421,10 +438,10 @@ def evaluate(
         "seed_split": {"eval_seeds": [EVAL_SEEDS[0], EVAL_SEEDS[-1]],
                        "train_seed_range": [TRAIN_SEED_RANGE.start, TRAIN_SEED_RANGE.stop - 1],
                        "suite_seeds": [c.seed for c in suite]},
-        "lungs": {"method": "classical", "mean_dice": _mean(lung_dices),
-                  "note": "lesion engines ran with the TRUE lung mask (rows ending in " + END_TO_END_SUFFIX
-                          + " with the classical one); this Dice scores the classical lung method "
-                          "on the phantom against the true lung"},
+        "lungs": {"method": "classical", "mean_dice": _mean(lung_dices), "true_lung": TRUE_LUNG,
+                  "mean_dice_by_method": {m: _mean(c["lung_dice"][m] for c in cases_out) for m in lung_methods},
+                  "note": "lesion engines ran with the TRUE lung mask (rows named engine+method with that lung "
+                          "method's mask); these Dice score each lung method on the phantom against the true lung"},
         "suite": cases_out,
         "engines": engines_out,
         "cache": {"dir": str(cache_dir) if cache_dir else None, "hits": cache.hits, "cases": len(suite)},
@@ -497,13 +514,18 @@ def results_markdown(results: dict) -> str:
             f", down-sampled {results['source']['downsample_in_plane']}x in-plane" if results["quick"] else ""),
         f"- phantom generator version {results['generator_version']} (`coviax.phantom`)",
         "- every engine ran with the phantom's TRUE lung mask and its ratios are in percent of the true lung, "
-        f"except the rows ending in `{END_TO_END_SUFFIX}`: end to end, as `coviax segment` runs, inside the classical "
+        "except the rows named engine+lung method: end to end, as `coviax segment` runs, inside that method's "
         "lung mask made from the phantom, with VRall in percent of that mask (lesions the mask misses at the "
         "pleura count as missed)",
         "",
-        "## Summary",
-        "",
     ]
+    if results.get("real"):
+        from coviax.evaluate_real import real_markdown
+
+        lines += ["## Real patients (no COVID-19) and phantoms of patients no shipped model saw", ""]
+        lines += real_markdown(results["real"])
+        lines += ["", "## Hybrid phantoms of the bundled CT", ""]
+    lines += ["## Summary", ""]
     lines += _md_table(list(SUMMARY_COLUMNS), summary_rows(results))
     lines += [
         "",
@@ -520,13 +542,14 @@ def results_markdown(results: dict) -> str:
         else:
             lines.append(f"- {name}: model `{e['model']}`" + (
                 f", weights sha256 {e['weights_sha256'][:16]}..." if e.get("weights_sha256") else "")
-                + ("; end to end, classical lung mask" if e.get("lung_mask") == "classical" else ""))
+                + (f"; end to end, {e['lung_mask']} lung mask" if e.get("lung_mask", "true") != "true" else ""))
             for note in e["summary"]["notes"]:
                 lines.append(f"  - {note}")
     lines += [
         "",
-        f"Lung mask: the classical method on the phantoms vs the true lung, mean Dice "
-        f"{_f(results['lungs']['mean_dice'])} (per case below).",
+        f"Lung mask on the phantoms vs the true lung ({results['lungs'].get('true_lung', 'classical')}), mean Dice: "
+        + ", ".join(f"{m} {_f(d)}" for m, d in results["lungs"].get(
+            "mean_dice_by_method", {"classical": results["lungs"]["mean_dice"]}).items()) + " (classical per case below).",
         "",
         "## Per case",
         "",

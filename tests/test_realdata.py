@@ -154,3 +154,33 @@ def test_the_trainer_refuses_a_held_out_patient():
 
     with pytest.raises(ValueError, match="held-out patient"):
         case_examples("ts-chest")
+
+
+def test_edge_band_is_measured_in_mm():
+    from coviax.evaluate_real import _edge_band
+
+    cavity = np.zeros((20, 40, 40), bool)
+    cavity[2:18, 5:35, 5:35] = True
+    band = _edge_band(cavity, 6.0, (5.0, 1.0, 1.0))  # 5 mm slices, 1 mm pixels
+    z = 10  # a middle slice: in-plane, the 6 outermost pixels on each side are in the band
+    assert band[z, 20, 5:11].all() and not band[z, 20, 11:29].any() and band[z, 20, 29:35].all()
+    assert band[2][cavity[2]].all()  # the first slice is 5 mm from the outside: all of it is edge
+    assert not band[10, 20, 11:29].any() and not band[4, 20, 20]  # 10 mm through the slices: not edge
+    assert not band[~cavity].any()
+
+
+@needs_data
+def test_real_scan_row_for_a_held_out_patient_with_an_outlined_tumour():
+    from coviax.evaluate_real import score_real_scan
+    from coviax.lesions import make_engine
+
+    row = score_real_scan(realdata.CASES_BY_ID["pycerr-pat3"], "classical", make_engine("threshold"))
+    assert row["role"] == "heldout" and row["patient"] == "pycerr-3" and row["lungs"] == "classical"
+    assert row["six_zone"] is None  # one side of the chest: no six-zone score
+    tumour = row["tumour"]
+    assert tumour["outlined_ml"] == pytest.approx(11.6, abs=0.2)
+    for key in ("inside_lung_pct", "opacity_pct"):
+        assert 0.0 <= tumour[key] <= 100.0
+    assert 0.0 <= row["vr_beyond_known_pct"] <= row["vr_all_pct"] + 1e-9
+    assert row["edge_lesion_ml"] <= row["lesion_ml"]
+    assert 0.0 < row["lung_dice_vs_reference"] <= 1.0

@@ -147,6 +147,70 @@ def lung_task_arrays(info: dict, data_dir: Path) -> dict:
     return out
 
 
+def card_markdown(name: str, recipe: dict, sha: str, size_mb: float, evaluation: dict | None) -> str:
+    """The model card of a network trained by this recipe: what it saw, what it was measured on."""
+    from coviax import RESEARCH_USE_NOTICE, realdata
+
+    task = recipe["task"]
+    model = recipe["model"]
+    data = recipe["data"]
+    heldout = sorted({c.patient for c in realdata.CASES if c.role == "heldout"})
+    lines = [
+        f"# Model card: {name}", "", f"**{RESEARCH_USE_NOTICE}**", "",
+        "## Model", "",
+        f"- file `{name}.pt`, {size_mb:.2f} MB, SHA-256 `{sha}`",
+        f"- architecture: 2D U-Net (coviax.lesions.unet_model.UNet2D), depth {model['depth']}, width {model['width']}, "
+        f"input {model['input_size']} px, {model['n_classes']} classes "
+        + ("(0 not lung, 1 lung)" if task == "lungs" else "(codes of coviax/labels.py)"),
+        "- input: one axial slice in HU, clipped to [-1024, 300], scaled to [0, 1], the whole slice resized to the input size",
+        "", "## What it saw (the exact-label recipe, `coviax_trainer.supervised`)", "",
+        f"- training patients: {', '.join(recipe['patients'])}",
+        f"- never read (held-out patients): {', '.join(heldout)}",
+        f"- {data['train_slices']} training slices from {len(data['train_scans'])} scans "
+        f"({', '.join(data['train_scans'])}); {data['val_slices']} validation slices (one extra phantom per "
+        "training patient)",
+        "- per training patient: the clean scan (every lung voxel healthy lung, or vessel above -500 HU: the hard "
+        "negatives), 7 hybrid phantoms (training seeds 200-206, mild to critical, 0-25 HU noise) with the "
+        "generator's exact labels on the patient's reference lung, and the outlined tumour (pycerr GTV) as "
+        "consolidation above -300 HU and GGO from -750 to -300 HU",
+        "- target: " + ("the reference lung (the lung before lesions were inserted; tumours inside) -- inputs "
+                        "include the phantoms' pleural consolidation" if task == "lungs" else
+                        "the exact labels inside the reference lung, background outside"),
+        f"- label shares in the training slices: {data.get('train_label_fraction')}",
+        f"- {recipe['train_config']['epochs']} epochs x {recipe['train_config']['samples_per_epoch']} slices, batch "
+        f"{recipe['train_config']['batch_size']}, Dice + CE with sqrt-inverse class weights, augmentation: "
+        f"{recipe['train_config']['augmentation']}; {recipe['seconds']:.0f} s on the 2-core CPU machine",
+        "- exact labels contribute all of the training signal; no K-means pseudo-label is used. The thesis's weakly "
+        "supervised recipe (`coviax train all`) stays available and is documented in docs/TRAINING.md",
+        f"- last epoch validation: {({k: round(v, 3) for k, v in recipe['history'][-1].items() if k.startswith('val_')})}",
+        "", "## What it was measured on", "",
+    ]
+    if evaluation:
+        lines += evaluation
+    else:
+        lines.append("- not yet measured: run `make eval` (eval/RESULTS.md)")
+    lines += ["", "## Limits", "",
+              "- Four training patients' anatomy, three scanners; synthetic COVID-like lesions and real tumours, "
+              "no real COVID-19 lesion. Accuracy on COVID-19 patients is not measured.",
+              "- Slices are resized whole to the input size, so a field of view very different from the training "
+              "scans (0.98-2.2 mm per network pixel) changes the apparent lesion size.", ""]
+    return "\n".join(lines)
+
+
+def install(run: Path, name: str, evaluation: list[str] | None = None) -> Path:
+    """Copy RUN/model.pt into coviax/models/NAME.pt and write NAME.card.md beside it."""
+    from coviax.lesions.unet_model import file_sha256
+
+    recipe = json.loads((run / "recipe.json").read_text())
+    target = Path(__file__).resolve().parents[2] / "coviax" / "models"
+    weights = target / f"{name}.pt"
+    weights.write_bytes((run / "model.pt").read_bytes())
+    sha = file_sha256(weights)
+    card = card_markdown(name, recipe, sha, weights.stat().st_size / 1e6, evaluation)
+    (target / f"{name}.card.md").write_text(card)
+    return weights
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m coviax_trainer.supervised", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="run folder")
