@@ -385,3 +385,44 @@ def test_dicom_tls_mutual_and_the_sender_over_tls(tmp_path):
         assert sender.send_due()["sent"] == 1
     finally:
         listener.stop()
+
+
+@needs_dcmtk
+def test_stop_during_a_submission_keeps_it_and_a_repush_meanwhile_is_not_lost(slices, tmp_path):
+    """A submission still running when the listener stops leaves its files for the next start; a re-push that
+    arrives while the first push is being processed gets a folder of its own (nothing deleted under it)."""
+    release = threading.Event()
+    started = threading.Event()
+    calls = []
+
+    def slow_submit(folder, key, out, content):
+        calls.append((folder.name, len(list(folder.glob("*.dcm")))))
+        started.set()
+        if not release.wait(30):
+            raise RuntimeError("never released")
+        raise ConnectionError("channel closed by the shutdown")  # what the SDK raises once the client is closed
+
+    listener = _listener(tmp_path, slow_submit, idle_seconds=0.5)
+    try:
+        assert _storescu(listener.port, slices).returncode == 0
+        assert started.wait(30)
+        assert _storescu(listener.port, slices).returncode == 0  # re-push while the first is being processed
+        incoming = tmp_path / "listener" / "incoming"
+        wait_for(lambda: len([p for p in incoming.iterdir() if p.is_dir()]) == 2, timeout=30,
+                 what="the re-push in a folder of its own")
+        threading.Timer(1.0, release.set).start()
+        listener.stop(grace_seconds=5)
+    finally:
+        release.set()
+    folders = sorted(p for p in (tmp_path / "listener" / "incoming").iterdir() if p.is_dir())
+    assert len(folders) == 2 and all(len(list(f.glob("*.dcm"))) == N_SLICES for f in folders)
+    assert not (tmp_path / "listener" / calls[0][0] / "error.txt").exists()  # interrupted, not failed
+    rec = Recorder()
+    listener = _listener(tmp_path, rec)
+    try:
+        rec.wait(1)
+        time.sleep(1.5)
+    finally:
+        listener.stop()
+    assert len(rec.calls) == 1 and rec.calls[0]["files"] == N_SLICES  # both pushes resumed as one series
+    assert not any((tmp_path / "listener" / "incoming").iterdir())

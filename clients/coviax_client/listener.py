@@ -199,6 +199,7 @@ class DicomListener:
         self.ssl_context = ssl_context
         self.grace_seconds = grace_seconds
         self.series: dict[str, _Series] = {}
+        self._busy: set[Path] = set()  # incoming folders handed to a submission
         self.lock = threading.Lock()
         self.done = threading.Event()
         self._stop = threading.Event()
@@ -288,7 +289,10 @@ class DicomListener:
         with self.lock:
             series = self.series.get(key)
             if series is None or series.submitted:
-                series = _Series(key, self.incoming / key)
+                folder = self.incoming / key
+                if folder in self._busy:  # a re-push while the last push is processed: a folder of its own
+                    folder = self.incoming / f"{key}~{time.time_ns()}"
+                series = _Series(key, folder)
                 self.series[key] = series
             series.active.add(id(event.assoc))
             series.last_activity = time.monotonic()
@@ -328,8 +332,18 @@ class DicomListener:
             if not files:
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
+            key = folder.name.split("~")[0]
             with self.lock:
-                self.series[folder.name] = _Series(folder.name, folder, instances=len(files))
+                earlier = self.series.get(key)
+                if earlier is not None:
+                    # two pushes of one series were waiting (a re-push came while the first was processed):
+                    # one series, the later push's copy of an instance winning (folders sort by arrival)
+                    for f in files:
+                        os.replace(f, earlier.folder / f.name)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    earlier.instances = sum(1 for _ in earlier.folder.glob("*.dcm"))
+                    continue
+                self.series[key] = _Series(key, folder, instances=len(files))
             count += 1
         return count
 
@@ -341,6 +355,7 @@ class DicomListener:
                 for key, series in list(self.series.items()):
                     if not series.submitted and not series.active and now - series.last_activity >= self.idle_seconds:
                         series.submitted = True
+                        self._busy.add(series.folder)  # under the same lock as the store handler's check
                         ready.append(series)
                         del self.series[key]
             for series in ready:
@@ -386,6 +401,8 @@ class DicomListener:
         finally:
             if finished and not self.keep_incoming:
                 shutil.rmtree(series.folder, ignore_errors=True)
+            with self.lock:
+                self._busy.discard(series.folder)
             self.done.set()
 
 
