@@ -232,3 +232,72 @@ def test_retention_picks_old_jobs_then_oldest_over_the_byte_limit(tmp_path):
     assert [r["job_id"] for r in Retention(config, None).select(rows, now)] == ["a", "b"]
     config.retention_max_bytes = 0
     assert [r["job_id"] for r in Retention(config, None).select(rows, now)] == ["a"]
+
+
+# ------------------------------------------------------------------ workers (issue 13, item 6)
+
+_SERVER_WITH_A_POOL = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from coviax_service import worker
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(2, mp_context=ctx, initializer=worker.init_worker,
+                               initargs=(ctx.SimpleQueue(), os.getpid()))
+    pids = {f.result() for f in [pool.submit(os.getpid) for _ in range(8)]}
+    print(" ".join(str(p) for p in sorted(pids)), flush=True)
+    time.sleep(300)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return found
+
+
+def test_pool_workers_exit_when_the_server_is_killed(tmp_path):
+    """Workers and multiprocessing's resource tracker end within seconds of a SIGKILL of the server."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "server.py"
+    script.write_text(_SERVER_WITH_A_POOL)
+    server = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in server.stdout.readline().split()]
+        assert workers and all(_alive(p) for p in workers)
+        workers = sorted(set(workers) | set(_children(server.pid)))  # the resource tracker too
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(10)
+        deadline = time.monotonic() + 15
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [p for p in workers if _alive(p)]
+        for p in left:  # do not leave them behind when the test fails
+            os.kill(p, signal.SIGKILL)
+        assert not left, "processes of the pool outlived the SIGKILLed server"
+    finally:
+        if server.poll() is None:
+            server.kill()

@@ -18,6 +18,8 @@ import hashlib
 import json
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +41,28 @@ def media_type(file_name: str) -> str:
     return next((kind for suffix, kind in MEDIA_TYPES if name.endswith(suffix)), "application/octet-stream")
 
 
-def init_worker(progress_queue) -> None:
-    """Process-pool initializer: keep the queue that carries stage events to the server."""
+#: How often a worker checks that the server that started it is still there (seconds).
+PARENT_CHECK_S = 1.0
+
+
+def init_worker(progress_queue, server_pid: int | None = None) -> None:
+    """Process-pool initializer: keep the queue that carries stage events to the server, and end this
+    worker when the server (``server_pid``, the pool's owner) is gone."""
     global _progress_queue
     _progress_queue = progress_queue
     os.environ.setdefault("MPLBACKEND", "Agg")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    watched = server_pid if server_pid is not None else os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(watched,), name="coviax-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Thread: a server killed with SIGKILL cannot stop its pool, and its workers (each holding a scan's
+    memory) would live on, each holding the pool's queues open. Once the parent is gone (this process was
+    re-parented, possibly before this thread started) the worker exits."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 def warm_up(engine=None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -101,7 +102,7 @@ class JobManager:
         self._progress_queue = ctx.SimpleQueue()
         self.pool = ProcessPoolExecutor(
             max_workers=self.config.workers, mp_context=ctx, initializer=worker.init_worker,
-            initargs=(self._progress_queue,),
+            initargs=(self._progress_queue, os.getpid()),
         )
         self.runner.pool = self.pool
         self._progress_thread = threading.Thread(target=self._read_progress, name="coviax-progress", daemon=True)
