@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e ".[service,trainer,client,sample,test]"
 	command -v chromium >/dev/null && command -v pdftoppm >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium poppler-utils)
-	command -v dciodvfy >/dev/null && command -v storescu >/dev/null && command -v DicomSRValidator >/dev/null && command -v Orthanc >/dev/null || (apt-get update -qq && apt-get install -y -qq dicom3tools dcmtk pixelmed-apps orthanc)
+	command -v dciodvfy >/dev/null && command -v storescu >/dev/null && command -v DicomSRValidator >/dev/null && command -v Orthanc >/dev/null && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || (apt-get update -qq && apt-get install -y -qq dicom3tools dcmtk pixelmed-apps orthanc orthanc-dicomweb)
 	# The Khronos glTF validator checks our .glb files in the tests; without npm that one test skips.
 	command -v npm >/dev/null && npm install -s --prefix .tools --no-save --no-audit --no-fund gltf-validator@2.0.0-dev.3.10 \
 		|| echo "gltf-validator not installed: tests/test_mesh.py will skip the Khronos validator check"

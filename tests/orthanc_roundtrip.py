@@ -12,7 +12,9 @@ configuration and storage under WORKDIR:
 
 Then it uploads the CT to Orthanc over REST, asks Orthanc to C-STORE the study to the listener, and waits
 until the SEG, SR and Secondary Capture are back in Orthanc. It checks they are in the same patient and
-study and that the SEG references every source instance, and prints one JSON line with what it found and
+study and that the SEG references every source instance; with Orthanc's DICOMweb plugin (Debian
+orthanc-dicomweb) it also reads the SEG's references back through WADO-RS and stores a copy of the SEG
+by STOW-RS with ``coviax-client dicom-send --stow-url``. It prints one JSON line with what it found and
 how long push -> results back took. It exits non-zero with a message on any failure, and stops every
 process it started.
 """
@@ -63,6 +65,10 @@ def main(work: Path, ct: Path) -> int:
         "DicomModalities": {"coviax": ["COVIAX", "127.0.0.1", LISTENER]}, "DicomAlwaysAllowStore": False,
         "StableAge": 1,
     }
+    dicomweb = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian package orthanc-dicomweb
+    if dicomweb.is_file():
+        config["Plugins"] = [str(dicomweb)]
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
     (work / "orthanc.json").write_text(json.dumps(config, indent=1))
     logs = {name: open(work / f"{name}.log", "w") for name in ("orthanc", "service", "listener")}
     procs = []
@@ -111,7 +117,8 @@ def main(work: Path, ct: Path) -> int:
             raise SystemExit(f"the SEG references {len(referenced)} instance(s), the CT has {len(ct_uids)}; "
                              f"{len(ct_uids - referenced)} missing")
         instances = {m: len(http("GET", f"/series/{s}")["Instances"]) for m, s in mods.items()}
-        print(json.dumps({"seconds_push_to_results_back": round(elapsed, 1), "seconds_orthanc_push": round(pushed, 1),
+        web = dicomweb_checks(work, study, mods) if dicomweb.is_file() else None
+        print(json.dumps({"dicomweb": web, "seconds_push_to_results_back": round(elapsed, 1), "seconds_orthanc_push": round(pushed, 1),
                           "result_series": sorted(mods), "instances_per_series": instances,
                           "patients": len(patients), "studies": len(studies), "seg_references": len(referenced),
                           "ct_instances": len(ct_uids)}))
@@ -127,6 +134,33 @@ def main(work: Path, ct: Path) -> int:
                 p.kill()
         for f in logs.values():
             f.close()
+
+
+def dicomweb_checks(work: Path, study: str, mods: dict) -> dict:
+    """Read the SEG back through DICOMweb (QIDO-RS, WADO-RS metadata) and store a copy of it by STOW-RS."""
+    import pydicom
+    from io import BytesIO
+    from pydicom.uid import generate_uid
+
+    study_uid = http("GET", f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
+    found = http("GET", f"/dicom-web/studies/{study_uid}/series?Modality=SEG")
+    (seg_series_uid,) = [item["0020000E"]["Value"][0] for item in found]
+    meta = http("GET", f"/dicom-web/studies/{study_uid}/series/{seg_series_uid}/metadata")
+    refs = sum(len(series.get("0008114A", {}).get("Value", [])) for series in meta[0]["00081115"]["Value"])
+    # STOW-RS: a copy of the SEG (new series and instance UIDs) through coviax-client dicom-send
+    (seg_instance,) = http("GET", f"/series/{mods['SEG']}")["Instances"]
+    seg = pydicom.dcmread(BytesIO(http("GET", f"/instances/{seg_instance}/file")))
+    seg.SeriesInstanceUID, seg.SOPInstanceUID = generate_uid(), generate_uid()
+    seg.file_meta.MediaStorageSOPInstanceUID = seg.SOPInstanceUID
+    (work / "stow").mkdir(exist_ok=True)
+    seg.save_as(work / "stow" / "seg_copy.dcm")
+    sent = subprocess.run([str(BIN / "coviax-client"), "dicom-send", "--stow-url", f"http://127.0.0.1:{HTTP}/dicom-web",
+                           "--spool", str(work / "stow-spool"), str(work / "stow" / "seg_copy.dcm")],
+                          capture_output=True, text=True, timeout=120)
+    if sent.returncode != 0:
+        raise SystemExit("dicom-send --stow-url failed: " + sent.stderr[-2000:])
+    segs = http("GET", f"/dicom-web/studies/{study_uid}/series?Modality=SEG")
+    return {"seg_references": refs, "seg_series_after_stow": len(segs), "studies_after_stow": len(http("GET", "/studies"))}
 
 
 if __name__ == "__main__":

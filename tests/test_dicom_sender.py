@@ -242,3 +242,103 @@ def test_sender_and_listener_import_neither_torch_nor_the_core():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------ DICOMweb STOW-RS
+
+
+class StowServer:
+    """A loopback STOW-RS endpoint: parses the multipart body, answers as ``answer(uids) -> (status, json)``."""
+
+    def __init__(self, answer):
+        import http.server
+        import threading
+        from email.parser import BytesParser
+        from email.policy import HTTP
+
+        self.requests = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                msg = BytesParser(policy=HTTP).parsebytes(
+                    b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body)
+                from io import BytesIO
+
+                uids = [str(pydicom.dcmread(BytesIO(part.get_payload(decode=True)), stop_before_pixels=True).SOPInstanceUID)
+                        for part in msg.iter_parts()]
+                outer.requests.append({"path": self.path, "uids": uids, "auth": self.headers.get("Authorization"),
+                                       "type": self.headers["Content-Type"]})
+                status, payload = answer(uids)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/dicom-web"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+def _ref(uid):
+    return {"00081155": {"vr": "UI", "Value": [uid]}}
+
+
+def test_stow_rs_sends_all_in_one_request_and_retries_only_what_failed(results, tmp_path):
+    from coviax_client.sender import StowTarget
+
+    seg_uid = _uid(results["seg.dcm"])
+    rounds = []
+
+    def answer(uids):
+        rounds.append(uids)
+        if len(rounds) == 1:  # the first time the SEG fails (0xA700 out of resources), the rest is stored
+            return 202, {"00081199": {"vr": "SQ", "Value": [_ref(u) for u in uids if u != seg_uid]},
+                         "00081198": {"vr": "SQ", "Value": [{**_ref(seg_uid), "00081197": {"vr": "US", "Value": [0xA700]}}]}}
+        return 200, {"00081199": {"vr": "SQ", "Value": [_ref(u) for u in uids]}}
+
+    server = StowServer(answer)
+    try:
+        sender = ResultSender(StowTarget(server.url, token="t0ken"), tmp_path / "spool", backoff_s=0.1)
+        assert sender.enqueue(results.values()) == 3
+        first = sender.send_due()
+        assert first["sent"] == 2 and first["failed"] == 1
+        state = json.loads(next((tmp_path / "spool" / "outbox").glob("*.json")).read_text())
+        assert "0xA700" in state["last_error"] and "out of resources" in state["last_error"]
+        time.sleep(0.15)
+        assert sender.send_due()["sent"] == 1
+        assert rounds[1] == [seg_uid]  # only the failed instance went again
+        assert sender.enqueue(results.values()) == 0
+    finally:
+        server.stop()
+    req = server.requests[0]
+    assert req["path"] == "/dicom-web/studies" and req["auth"] == "Bearer t0ken"
+    assert req["type"].startswith('multipart/related; type="application/dicom"')
+    assert sorted(req["uids"]) == sorted(_uid(p) for p in results.values())
+
+
+def test_stow_rs_http_error_is_retried_then_dead_lettered(results, tmp_path):
+    from coviax_client.sender import StowTarget
+
+    server = StowServer(lambda uids: (503, {}))
+    try:
+        sender = ResultSender(StowTarget(server.url), tmp_path / "spool", max_attempts=2, backoff_s=0.05)
+        sender.enqueue([results["measurements_sr.dcm"]])
+        assert sender.send_due()["failed"] == 1
+        time.sleep(0.1)
+        assert sender.send_due()["dead"] == 1
+        (reason,) = (tmp_path / "spool" / "dead-letter").glob("*.json")
+        assert "HTTP 503" in json.loads(reason.read_text())["last_error"]
+    finally:
+        server.stop()
+    with pytest.raises(ValueError, match="STOW-RS URL"):
+        StowTarget("pacs:8042/dicom-web")

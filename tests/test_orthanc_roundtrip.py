@@ -5,7 +5,8 @@ only; in the namespace lo is the only interface, so nothing it starts is reachab
 with a temporary configuration and storage (RemoteAccessAllowed false, no plugins), ``coviax serve`` and
 ``coviax-client dicom-listener --pacs``. Orthanc pushes the bundled real CT to the listener; the SEG, SR and
 Secondary Capture must come back into the same patient and study, the SEG referencing every CT instance.
-Orthanc comes from the Debian package ``orthanc``; the test skips, naming what is missing, without it or
+With the DICOMweb plugin (Debian ``orthanc-dicomweb``) the SEG is also read back by WADO-RS and a copy
+stored by STOW-RS. Orthanc comes from the Debian package ``orthanc``; the test skips, naming what is missing, without it or
 without the right to make a network namespace.
 """
 
@@ -45,3 +46,9 @@ def test_orthanc_pushes_the_ct_and_gets_seg_sr_sc_back_in_the_same_study(sample_
     assert found["instances_per_series"] == {"OT": 1, "SEG": 1, "SR": 1}
     assert found["patients"] == 1 and found["studies"] == 1
     assert found["seg_references"] == found["ct_instances"] == 64
+    web = found["dicomweb"]
+    if web is None:
+        pytest.skip("round trip passed; DICOMweb part not run: Orthanc's DICOMweb plugin is not installed "
+                    "(Debian package orthanc-dicomweb)")
+    assert web["seg_references"] == 64  # the SEG read back through WADO-RS references every CT instance
+    assert web["seg_series_after_stow"] == 2 and web["studies_after_stow"] == 1  # STOW-RS joined the same study

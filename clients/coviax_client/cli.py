@@ -3,7 +3,7 @@
     coviax-client segment PATH --server HOST:PORT --out DIR [--deidentify]
     coviax-client batch MANIFEST.csv --server HOST:PORT --out DIR --parallel N
     coviax-client dicom-listener --ae-title AE --port P --server HOST:PORT --out DIR [--pacs AE@HOST:PORT]
-    coviax-client dicom-send FILE|DIR... --pacs AE@HOST:PORT
+    coviax-client dicom-send FILE|DIR... --pacs AE@HOST:PORT | --stow-url URL
     coviax-client health | info | jobs | job ID | cancel ID | download ID NAME --out DIR
 
 ``--server`` defaults to $COVIAX_SERVER, the token to $COVIAX_TOKEN. Exit
@@ -130,6 +130,15 @@ def _dicom_tls(cert, key, ca, server_side: bool):
     return ctx
 
 
+def _stow_target(args):
+    from coviax_client.sender import StowTarget
+
+    token = None
+    if args.stow_token_file:
+        token = Path(args.stow_token_file).read_text().strip().splitlines()[0].strip()
+    return StowTarget(args.stow_url, token=token, ca_file=args.stow_ca)
+
+
 def cmd_listener(args) -> int:
     import signal
     import threading
@@ -138,21 +147,25 @@ def cmd_listener(args) -> int:
 
     rules = RoutingRules(modalities=tuple(args.modality or ["CT"]), series_description=args.series_description,
                          min_slices=args.min_slices, skip_localizers=not args.include_localizers)
-    sender = None
-    if args.pacs and args.deidentify:
-        raise ValueError("--deidentify with --pacs: the results of a de-identified scan carry blanked patient "
+    senders = []
+    if (args.pacs or args.stow_url) and args.deidentify:
+        raise ValueError("--deidentify with --pacs/--stow-url: the results of a de-identified scan carry blanked patient "
                          "attributes and would land in the PACS under a second, empty patient; use one or the other")
-    if args.pacs:
+    if args.pacs or args.stow_url:
         from coviax_client.sender import PacsNode, ResultSender
 
-        node = PacsNode.parse(args.pacs, calling_ae_title=args.pacs_calling_ae or args.ae_title)
-        sender = ResultSender(node, Path(args.out) / "pacs", max_attempts=args.send_attempts,
-                              backoff_s=args.send_backoff,
-                              ssl_context=_dicom_tls(None, None, args.pacs_tls_ca, server_side=False)
-                              if args.pacs_tls_ca else None)
+        if args.pacs:
+            node = PacsNode.parse(args.pacs, calling_ae_title=args.pacs_calling_ae or args.ae_title)
+            senders.append(ResultSender(node, Path(args.out) / "pacs", max_attempts=args.send_attempts,
+                                        backoff_s=args.send_backoff,
+                                        ssl_context=_dicom_tls(None, None, args.pacs_tls_ca, server_side=False)
+                                        if args.pacs_tls_ca else None))
+        if args.stow_url:
+            senders.append(ResultSender(_stow_target(args), Path(args.out) / "stow", max_attempts=args.send_attempts,
+                                        backoff_s=args.send_backoff))
     client = _client(args, retry_codes=("UNAVAILABLE", "RESOURCE_EXHAUSTED"), retries=8)
     listener = DicomListener(args.ae_title, args.port, args.out,
-                             sdk_submitter(client, args.deidentify, sender=sender, **_options(args)),
+                             sdk_submitter(client, args.deidentify, sender=senders, **_options(args)),
                              idle_seconds=args.idle_seconds, host=args.host, keep_incoming=args.keep_incoming,
                              rules=rules, allowed_calling=args.allow_calling_ae or (),
                              allowed_called=args.allow_called_ae or [args.ae_title],
@@ -161,12 +174,12 @@ def cmd_listener(args) -> int:
                              grace_seconds=args.grace_seconds)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if sender is not None:
+    for sender in senders:
         sender.start()
     listener.start()
     print(f"coviax-client: C-STORE SCP {args.ae_title} on {args.host}:{listener.port}; CT series complete after "
           f"{args.idle_seconds:g} s without new instances"
-          + (f"; results go back to {sender.node}" if sender else "") + "; Ctrl-C or SIGTERM stops",
+          + "".join(f"; results go back to {sender.node}" for sender in senders) + "; Ctrl-C or SIGTERM stops",
           file=sys.stderr, flush=True)
     try:
         while not stop.wait(1):
@@ -175,7 +188,7 @@ def cmd_listener(args) -> int:
         pass
     finally:
         listener.stop()  # running submissions get --grace-seconds; the rest stays in incoming/ for the next start
-        if sender is not None:
+        for sender in senders:
             sender.stop()  # what is not sent stays in the outbox
         client.close()
     return 0
@@ -185,7 +198,9 @@ def cmd_send(args) -> int:
     """Store DICOM files (our SEG/SR/SC, or any) in a PACS through the outbox: retries, dead-letter, no duplicates."""
     from coviax_client.sender import PacsNode, ResultSender
 
-    node = PacsNode.parse(args.pacs, calling_ae_title=args.calling_ae)
+    if bool(args.pacs) == bool(args.stow_url):
+        raise ValueError("give either --pacs AE@HOST:PORT (C-STORE) or --stow-url URL (DICOMweb STOW-RS)")
+    node = PacsNode.parse(args.pacs, calling_ae_title=args.calling_ae) if args.pacs else _stow_target(args)
     sender = ResultSender(node, Path(args.spool).expanduser(), max_attempts=args.attempts, backoff_s=args.backoff,
                           ssl_context=_dicom_tls(None, None, args.pacs_tls_ca, server_side=False) if args.pacs_tls_ca else None)
     files = [f for p in args.files for f in (sorted(Path(p).rglob("*.dcm")) if Path(p).is_dir() else [Path(p)])]
@@ -314,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pacs", metavar="AE@HOST:PORT", help="the PACS node to store the results in")
     g.add_argument("--pacs-calling-ae", help="our AE title towards the PACS (default --ae-title)")
     g.add_argument("--pacs-tls-ca", help="DICOM TLS to the PACS, trusting this CA (PEM)")
+    g.add_argument("--stow-url", metavar="URL",
+                   help="and/or a DICOMweb root to STOW-RS the results to, e.g. http://pacs:8042/dicom-web")
+    g.add_argument("--stow-token-file", help="file whose first line is a bearer token for the DICOMweb server")
+    g.add_argument("--stow-ca", help="CA certificate (PEM) of an https DICOMweb server")
     g.add_argument("--send-attempts", type=int, default=5,
                    help="failed sends per instance before it moves to OUT/pacs/dead-letter (default 5)")
     g.add_argument("--send-backoff", type=float, default=5.0,
@@ -325,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dicom-send", help="C-STORE DICOM files (e.g. seg.dcm, measurements_sr.dcm, report_sc.dcm) to a PACS, "
                                           "with retries; never the same SOP Instance UID twice")
     p.add_argument("files", nargs="+", help="DICOM files or folders (searched for *.dcm)")
-    p.add_argument("--pacs", required=True, metavar="AE@HOST:PORT", help="the PACS node")
+    p.add_argument("--pacs", metavar="AE@HOST:PORT", help="the PACS node (C-STORE)")
+    p.add_argument("--stow-url", metavar="URL", help="or a DICOMweb root for STOW-RS, e.g. http://pacs:8042/dicom-web")
+    p.add_argument("--stow-token-file", help="file whose first line is a bearer token for the DICOMweb server")
+    p.add_argument("--stow-ca", help="CA certificate (PEM) of an https DICOMweb server")
     p.add_argument("--calling-ae", default="COVIAX", help="our AE title (default COVIAX)")
     p.add_argument("--spool", default="~/.cache/coviax/dicom-send",
                    help="outbox, dead-letter folder and the ledger of sent instances (default ~/.cache/coviax/dicom-send)")

@@ -6,8 +6,8 @@ is *complete* -- no association is sending to it any more and no new
 instance arrived for ``idle_seconds`` after the last association release --
 submits it with the SDK and writes the result to ``OUT/SERIES_KEY/``
 (report.json, labels.nii.gz, seg.dcm, montage.png, ..., or ``error.txt``).
-With a PACS node configured (:mod:`coviax_client.sender`) the SEG, SR and
-Secondary Capture then go back to it by C-STORE.
+With a PACS node or a DICOMweb URL configured (:mod:`coviax_client.sender`)
+the SEG, SR and Secondary Capture then go back by C-STORE or STOW-RS.
 
 What it accepts (docs/CONFORMANCE.md is the full statement):
 
@@ -425,8 +425,8 @@ DICOM_RESULTS = ("seg.dcm", "measurements_sr.dcm", "report_sc.dcm")
 def sdk_submitter(client, deidentify: bool = False, sender=None, **options) -> Callable[..., None]:
     """A ``submit`` for :class:`DicomListener` that runs the scan through ``client`` and downloads the outputs.
 
-    With ``sender`` (a :class:`coviax_client.sender.ResultSender`) the SEG, SR and SC are queued to go
-    back to the PACS. The idempotency key is the series key plus the content key: the same images give
+    With ``sender`` (a :class:`coviax_client.sender.ResultSender`, or a list of them: C-STORE and STOW-RS)
+    the SEG, SR and SC are queued to go back to the PACS. The idempotency key is the series key plus the content key: the same images give
     the same job, changed images a new one.
     """
 
@@ -438,8 +438,8 @@ def sdk_submitter(client, deidentify: bool = False, sender=None, **options) -> C
         client.download_all(result, out)
         (out / "job.txt").write_text(f"{result.job_id}\n")
         log.info("%s done: job %s, VRall %.2f %%", key, result.job_id, result.ratios_pct["all"])
-        if sender is not None:
-            queued = sender.enqueue([out / name for name in DICOM_RESULTS if (out / name).is_file()])
-            log.info("%s: %d result instance(s) queued for %s", key, queued, sender.node)
+        for one in (sender if isinstance(sender, (list, tuple)) else [sender] if sender is not None else []):
+            queued = one.enqueue([out / name for name in DICOM_RESULTS if (out / name).is_file()])
+            log.info("%s: %d result instance(s) queued for %s", key, queued, one.node)
 
     return submit

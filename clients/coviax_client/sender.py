@@ -1,4 +1,5 @@
-"""Results back to the PACS: a persistent C-STORE outbox with retries, backoff, a dead-letter folder and a ledger.
+"""Results back to the PACS: a persistent outbox (C-STORE or DICOMweb STOW-RS) with retries, backoff,
+a dead-letter folder and a ledger.
 
     sender = ResultSender(PacsNode.parse("ORTHANC@10.0.0.5:4242"), spool_dir="out/pacs")
     sender.enqueue([Path("out/series-.../seg.dcm"), ...])   # copied into spool/outbox/
@@ -8,6 +9,9 @@
   Capture, ...) is proposed once with the file's own transfer syntax and once with the uncompressed
   ones. When the PACS accepts only uncompressed for a class (e.g. no RLE for the Secondary Capture),
   the instance is decompressed (pydicom) and sent that way.
+- **DICOMweb.** With a :class:`StowTarget` instead of a :class:`PacsNode` the due instances go in one
+  STOW-RS request (``POST {url}/studies``, multipart/related, application/dicom, as stored); the
+  response's ReferencedSOPSequence / FailedSOPSequence say which were stored (a 200 without them: all).
 - **Retries.** A failed instance (refused association, network error, failure status) is tried again
   after ``backoff_s * 2**(attempts-1)`` seconds (at most ``max_backoff_s``); after ``max_attempts``
   failures it moves to ``spool/dead-letter/`` with a ``.json`` that says why. Nothing is lost on a
@@ -64,12 +68,28 @@ class PacsNode:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class StowTarget:
+    """A DICOMweb service root (e.g. ``http://pacs:8042/dicom-web``) that takes STOW-RS; optional bearer token and CA."""
+
+    url: str
+    token: str | None = None
+    ca_file: str | None = None
+
+    def __post_init__(self):
+        if not re.match(r"https?://[^/\s]+", self.url or ""):
+            raise ValueError(f"STOW-RS URL {self.url!r}: expected http(s)://HOST[:PORT]/PATH, e.g. http://pacs:8042/dicom-web")
+
+    def __str__(self) -> str:
+        return self.url.rstrip("/") + "/studies"
+
+
 class SendError(Exception):
     """An instance could not be stored; the message says why (status or network)."""
 
 
 class ResultSender:
-    def __init__(self, node: PacsNode, spool_dir, max_attempts: int = 5, backoff_s: float = 5.0,
+    def __init__(self, node: "PacsNode | StowTarget", spool_dir, max_attempts: int = 5, backoff_s: float = 5.0,
                  max_backoff_s: float = 600.0, ssl_context=None, timeout_s: float = 30.0):
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -160,6 +180,9 @@ class ResultSender:
                 self._failed(path, f"unreadable: {exc.__class__.__name__}", counts, permanent=True)
         if not datasets:
             return counts
+        if isinstance(self.node, StowTarget):
+            self._send_stow(datasets, counts)
+            return counts
         try:
             assoc = self._associate(datasets.values())
         except SendError as exc:
@@ -183,6 +206,48 @@ class ResultSender:
             if assoc.is_established:
                 assoc.release()
         return counts
+
+    def _send_stow(self, datasets: dict, counts: dict) -> None:
+        """One STOW-RS request with every due instance; the response says which were stored."""
+        import ssl
+        import urllib.error
+        import urllib.request
+        import uuid
+
+        boundary = "coviax-" + uuid.uuid4().hex
+        body = bytearray()
+        for path in datasets:
+            body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            body += path.read_bytes() + b"\r\n"
+        body += f"--{boundary}--\r\n".encode()
+        headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                   "Accept": "application/dicom+json"}
+        if self.node.token:
+            headers["Authorization"] = f"Bearer {self.node.token}"
+        request = urllib.request.Request(str(self.node), data=bytes(body), headers=headers, method="POST")
+        context = ssl.create_default_context(cafile=self.node.ca_file) if self.node.url.startswith("https") else None
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as response:
+                status, text = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, text = exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            for path in datasets:
+                self._failed(path, f"cannot reach {self.node}: {exc.__class__.__name__}: {exc}", counts)
+            return
+        stored, failed = _stow_outcome(text)
+        for path, ds in datasets.items():
+            sop = str(ds.SOPInstanceUID)
+            if sop in stored or (status == 200 and not stored and not failed):
+                self._mark_sent(path, sop)
+                counts["sent"] += 1
+            elif sop in failed:
+                self._failed(path, f"{self.node} answered HTTP {status}, failure reason 0x{failed[sop]:04X} "
+                                   f"({_status_text(failed[sop])})", counts)
+            else:
+                self._failed(path, f"{self.node} answered HTTP {status}"
+                                   + ("" if status in (200, 202) else f": {text[:200].decode('utf-8', 'replace')}"), counts)
+
 
     def _associate(self, datasets):
         from pynetdicom import AE, build_context
@@ -342,3 +407,24 @@ def _status_text(code: int) -> str:
     if code == 0x0124:
         return "refused: not authorized"
     return "failure"
+
+
+def _stow_outcome(text: bytes) -> tuple[set[str], dict[str, int]]:
+    """SOP Instance UIDs stored and failed (with their FailureReason) from a STOW-RS JSON response (PS3.18 10.5.3)."""
+    try:
+        body = json.loads(text or b"{}")
+    except ValueError:
+        return set(), {}
+    if isinstance(body, list):
+        body = body[0] if body else {}
+
+    def items(tag):
+        return (body.get(tag) or {}).get("Value") or []
+
+    def uid(item):
+        return ((item.get("00081155") or {}).get("Value") or [""])[0]
+
+    stored = {uid(i) for i in items("00081199")} - {""}
+    failed = {uid(i): int(((i.get("00081197") or {}).get("Value") or [0x0110])[0]) for i in items("00081198")}
+    failed.pop("", None)
+    return stored, failed
