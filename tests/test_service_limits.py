@@ -196,3 +196,25 @@ def test_batch_and_duplicate_uids_with_the_unet(server, small_series, tmp_path, 
     values = [streamed_dup.ratios_pct["all"], jobs[0].result.ratios_pct.all, jobs[1].result.ratios_pct.all]
     assert values == pytest.approx([reference.ratios_pct["all"]] * 3)
     assert "slices without a streamed prediction" in caplog.text
+
+
+class PanicException(BaseException):
+    """What pyo3 raises when a Rust decoder (pylibjpeg-rle) panics: a BaseException, not an Exception."""
+
+
+def test_a_decoder_panic_in_the_server_never_hangs_a_job(server, small_series, monkeypatch):
+    """Issue 13 item 1: the streamed decode panics in the server process; the job still ends (Segment and
+    SubmitBatch), and the slot is free after."""
+    import pydicom
+
+    def panic(self):
+        raise PanicException("called `Result::unwrap()` on an `Err` value")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(panic))  # the server's process only
+    with _client(server, timeout=90) as c:
+        result = c.segment(small_series, outputs=["report"])  # the 3D read in the worker decodes the slices
+        assert result.report["input"]["slices"] == 16
+        _, events = c.submit_batch([("p", small_series)], outputs=["report"])
+        job = c.wait(events[0].accepted.job_id, timeout=90)
+        assert job.state == pb.DONE
+    wait_for(lambda: not server.jobs.slot_holders, what="slots released")
