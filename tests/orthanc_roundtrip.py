@@ -8,7 +8,8 @@ configuration and storage under WORKDIR:
 
 - Orthanc (RemoteAccessAllowed false, no plugins, the listener as its one DICOM modality);
 - ``coviax serve`` (the shipped U-Net B, classical lungs) on 127.0.0.1;
-- ``coviax-client dicom-listener`` with ``--pacs ORTHANC@127.0.0.1:4242``.
+- ``coviax-client dicom-listener`` with ``--pacs ORTHANC@127.0.0.1:4242 --deidentify`` (the service gets
+  de-identified images; the results are re-identified on the way back).
 
 Then it uploads the CT to Orthanc over REST, asks Orthanc to C-STORE the study to the listener, and waits
 until the SEG, SR and Secondary Capture are back in Orthanc. It checks they are in the same patient and
@@ -81,7 +82,8 @@ def main(work: Path, ct: Path) -> int:
         procs.append(subprocess.Popen(
             [str(BIN / "coviax-client"), "dicom-listener", "--server", f"127.0.0.1:{GRPC}", "--out", str(work / "listener"),
              "--port", str(LISTENER), "--ae-title", "COVIAX", "--allow-calling-ae", "ORTHANC", "--idle-seconds", "2",
-             "--pacs", f"ORTHANC@127.0.0.1:{DICOM}", "--send-backoff", "2", "--outputs", "report,seg,sr,sc"],
+             "--pacs", f"ORTHANC@127.0.0.1:{DICOM}", "--send-backoff", "2", "--outputs", "report,seg,sr,sc",
+             "--deidentify"],  # the service sees no patient attribute; the results must still join the patient
             stdout=logs["listener"], stderr=subprocess.STDOUT))
         wait(lambda: http("GET", "/system"), 60, "Orthanc's REST API")
         for f in sorted(ct.glob("*.dcm")):
@@ -117,8 +119,13 @@ def main(work: Path, ct: Path) -> int:
             raise SystemExit(f"the SEG references {len(referenced)} instance(s), the CT has {len(ct_uids)}; "
                              f"{len(ct_uids - referenced)} missing")
         instances = {m: len(http("GET", f"/series/{s}")["Instances"]) for m, s in mods.items()}
+        # what the service kept: made from de-identified images (no patient ID), while Orthanc's copy has it
+        kept = [pydicom.dcmread(f, stop_before_pixels=True) for f in (work / "service").rglob("*.dcm")]
+        kept_ids = sorted({str(ds.get("PatientID", "")) for ds in kept if ds.get("Modality") == "SEG"})
+        back_id = str(seg.PatientID)
         web = dicomweb_checks(work, study, mods) if dicomweb.is_file() else None
-        print(json.dumps({"dicomweb": web, "seconds_push_to_results_back": round(elapsed, 1), "seconds_orthanc_push": round(pushed, 1),
+        print(json.dumps({"dicomweb": web, "service_seg_patient_ids": kept_ids, "pacs_seg_has_patient_id": bool(back_id),
+                          "seconds_push_to_results_back": round(elapsed, 1), "seconds_orthanc_push": round(pushed, 1),
                           "result_series": sorted(mods), "instances_per_series": instances,
                           "patients": len(patients), "studies": len(studies), "seg_references": len(referenced),
                           "ct_instances": len(ct_uids)}))

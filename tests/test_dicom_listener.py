@@ -326,15 +326,6 @@ def test_sigterm_keeps_what_is_in_flight_for_the_next_start(slices, tmp_path):
     assert rec.calls[0]["files"] == N_SLICES
 
 
-def test_deidentify_with_pacs_is_refused_with_the_reason(tmp_path, capsys):
-    from coviax_client.cli import main
-
-    code = main(["dicom-listener", "--server", "127.0.0.1:9", "--out", str(tmp_path / "o"),
-                 "--pacs", "PACS@127.0.0.1:104", "--deidentify"])
-    assert code == 2
-    assert "--deidentify with --pacs" in capsys.readouterr().err
-
-
 # ------------------------------------------------------------------ DICOM TLS
 
 

@@ -342,3 +342,56 @@ def test_stow_rs_http_error_is_retried_then_dead_lettered(results, tmp_path):
         server.stop()
     with pytest.raises(ValueError, match="STOW-RS URL"):
         StowTarget("pacs:8042/dicom-web")
+
+
+def test_deidentified_results_get_the_identity_back_before_they_go_to_the_pacs(results, sample_dir, tmp_path):
+    """--deidentify with --pacs: the service sees blank patient attributes, the PACS gets the patient's study."""
+    from coviax_client.files import deidentify_dataset
+    from coviax_client.listener import reidentify, sdk_submitter
+
+    blanked = tmp_path / "from-service"
+    blanked.mkdir()
+    for name, path in results.items():  # what the service returns for a de-identified upload
+        ds = deidentify_dataset(pydicom.dcmread(path))
+        ds.save_as(blanked / name)
+    assert str(pydicom.dcmread(blanked / "seg.dcm").PatientID) == ""
+
+    class FakeResult:
+        job_id = "job-1"
+        ratios_pct = {"all": 1.0}
+
+    class FakeClient:
+        def segment(self, folder, idempotency_key, deidentify, **options):
+            assert deidentify is True
+            return FakeResult()
+
+        def download_all(self, result, out):
+            for name in results:
+                shutil.copy(blanked / name, Path(out) / name)
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    source_file = sorted(sample_dir.glob("*.dcm"))[0]
+    shutil.copy(source_file, incoming / "a.dcm")
+    source = pydicom.dcmread(source_file, stop_before_pixels=True)
+    pacs = FakePacs(tmp_path / "pacs")
+    try:
+        sender = ResultSender(pacs.node(), tmp_path / "spool")
+        out = tmp_path / "out"
+        out.mkdir()
+        sdk_submitter(FakeClient(), deidentify=True, sender=sender)(incoming, "series-x", out, "d" * 64)
+        assert sender.send_due()["sent"] == 3
+        for ds in pacs.received().values():
+            assert ds.PatientID == source.PatientID and ds.PatientName == source.PatientName
+            assert ds.StudyInstanceUID == source.StudyInstanceUID
+            assert "PatientIdentityRemoved" not in ds and "DeidentificationMethod" not in ds
+        sc = pydicom.dcmread(out / "report_sc.dcm")
+        assert np.array_equal(sc.pixel_array, pydicom.dcmread(results["report_sc.dcm"]).pixel_array)
+    finally:
+        pacs.stop()
+    # a result from another study is never given this patient's identity
+    other = pydicom.dcmread(blanked / "seg.dcm")
+    other.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.7"
+    other.save_as(tmp_path / "other.dcm")
+    with pytest.raises(ValueError, match="not the source study"):
+        reidentify([tmp_path / "other.dcm"], source_file)

@@ -148,9 +148,6 @@ def cmd_listener(args) -> int:
     rules = RoutingRules(modalities=tuple(args.modality or ["CT"]), series_description=args.series_description,
                          min_slices=args.min_slices, skip_localizers=not args.include_localizers)
     senders = []
-    if (args.pacs or args.stow_url) and args.deidentify:
-        raise ValueError("--deidentify with --pacs/--stow-url: the results of a de-identified scan carry blanked patient "
-                         "attributes and would land in the PACS under a second, empty patient; use one or the other")
     if args.pacs or args.stow_url:
         from coviax_client.sender import PacsNode, ResultSender
 

@@ -421,12 +421,54 @@ def _arity(func) -> int:
 #: The DICOM outputs a job can return, in the order they go back to the PACS.
 DICOM_RESULTS = ("seg.dcm", "measurements_sr.dcm", "report_sc.dcm")
 
+#: Patient and study attributes that ``--deidentify`` blanks or removes before the images leave, and that
+#: the outputs (which copy them from the de-identified images) get back from the source before they go to
+#: the PACS -- so they join the patient's study there instead of a second, empty patient.
+IDENTITY = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex",
+    "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight", "PatientComments", "EthnicGroup",
+    "ReferringPhysicianName", "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "StudyDescription",
+    "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy",
+)
+
+
+def reidentify(paths: Iterable[Path], source: Path) -> int:
+    """Give the DICOM files ``paths`` the patient and study attributes of the instance ``source``, in place.
+
+    For results computed from de-identified images: the Study Instance UID was kept, so with the identity
+    back they land in the right study. PatientIdentityRemoved and DeidentificationMethod are dropped. Refuses
+    (ValueError) a file whose StudyInstanceUID differs from the source's. Returns the number of files changed.
+    """
+    import pydicom
+
+    src = pydicom.dcmread(source, stop_before_pixels=True)
+    changed = 0
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        if str(ds.get("StudyInstanceUID", "")) != str(src.get("StudyInstanceUID", "")):
+            raise ValueError(f"{path.name}: its study is not the source study; not re-identified")
+        for keyword in IDENTITY:
+            if keyword in src:
+                ds[keyword] = src[keyword]
+            elif keyword in ds and not ds[keyword].value:
+                del ds[keyword]  # absent in the source too: no empty leftover
+        for keyword in ("PatientIdentityRemoved", "DeidentificationMethod"):
+            if keyword in ds:
+                del ds[keyword]
+        tmp = path.with_name(path.name + ".part")
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+        changed += 1
+    return changed
+
 
 def sdk_submitter(client, deidentify: bool = False, sender=None, **options) -> Callable[..., None]:
     """A ``submit`` for :class:`DicomListener` that runs the scan through ``client`` and downloads the outputs.
 
     With ``sender`` (a :class:`coviax_client.sender.ResultSender`, or a list of them: C-STORE and STOW-RS)
-    the SEG, SR and SC are queued to go back to the PACS. The idempotency key is the series key plus the content key: the same images give
+    the SEG, SR and SC are queued to go back to the PACS. With ``deidentify`` the images leave without
+    patient attributes (:func:`coviax_client.files.deidentify_dataset`; UIDs kept) and the SEG, SR and SC
+    get them back from the received originals (:func:`reidentify`) before anything is written for the PACS. The idempotency key is the series key plus the content key: the same images give
     the same job, changed images a new one.
     """
 
@@ -436,10 +478,15 @@ def sdk_submitter(client, deidentify: bool = False, sender=None, **options) -> C
         result = client.segment(folder, idempotency_key=f"listener-{key}-{content[:32]}", client_ref=key,
                                 deidentify=deidentify, **options)
         client.download_all(result, out)
+        results = [out / name for name in DICOM_RESULTS if (out / name).is_file()]
+        if deidentify and results:
+            # the service saw blanked patient attributes; the received originals still have them
+            source = next(p for p in sorted(folder.iterdir()) if p.suffix == ".dcm")
+            reidentify(results, source)
         (out / "job.txt").write_text(f"{result.job_id}\n")
         log.info("%s done: job %s, VRall %.2f %%", key, result.job_id, result.ratios_pct["all"])
         for one in (sender if isinstance(sender, (list, tuple)) else [sender] if sender is not None else []):
-            queued = one.enqueue([out / name for name in DICOM_RESULTS if (out / name).is_file()])
+            queued = one.enqueue(results)
             log.info("%s: %d result instance(s) queued for %s", key, queued, one.node)
 
     return submit
