@@ -371,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cancel)
     p = sub.add_parser("download", parents=[common], help="download one artifact of a job")
     p.add_argument("job_id")
-    p.add_argument("name", help="report, labels_nifti, dicom_seg or montage")
+    p.add_argument("name", help="an artifact of the job (`job ID` lists them): report, labels_nifti, dicom_seg, montage, "
+                                "mesh_glb, mesh_stl_lung, mesh_stl_ggo, mesh_stl_consolidation, render_3d, report_html, "
+                                "report_pdf, dicom_sr, dicom_sc")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download)
     return parser
