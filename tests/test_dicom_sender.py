@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("pynetdicom")
 
 from coviax_client.sender import PacsNode, ResultSender  # noqa: E402
-from service_support import free_port, wait_for  # noqa: E402
+from service_support import free_port  # noqa: E402
 
 STORESCP = shutil.which("storescp")
 UNSHARE = shutil.which("unshare")
