@@ -1,6 +1,6 @@
 """PACS -> COViaX -> PACS with Orthanc as the PACS; run by tests/test_orthanc_roundtrip.py inside a network namespace.
 
-    unshare -n python tests/orthanc_roundtrip.py WORKDIR CT_FOLDER
+    unshare -n python tests/orthanc_roundtrip.py WORKDIR CT_FOLDER [pseudonymise|deidentify]
 
 Orthanc (1.10, Debian) cannot bind to loopback only, so the test runs this driver in a network namespace
 whose only interface is lo: nothing started here is reachable from outside. It starts, with temporary
@@ -8,8 +8,9 @@ configuration and storage under WORKDIR:
 
 - Orthanc (RemoteAccessAllowed false, no plugins, the listener as its one DICOM modality);
 - ``coviax serve`` (the shipped U-Net B, classical lungs) on 127.0.0.1;
-- ``coviax-client dicom-listener`` with ``--pacs ORTHANC@127.0.0.1:4242 --deidentify`` (the service gets
-  de-identified images; the results are re-identified on the way back).
+- ``coviax-client dicom-listener`` with ``--pacs ORTHANC@127.0.0.1:4242`` and ``--pseudonymise`` (default)
+  or ``--deidentify``: the service gets pseudonymised (new UIDs) or blanked images; the results are
+  re-identified on the way back.
 
 Then it uploads the CT to Orthanc over REST, asks Orthanc to C-STORE the study to the listener, and waits
 until the SEG, SR and Secondary Capture are back in Orthanc. It checks they are in the same patient and
@@ -56,7 +57,12 @@ def wait(predicate, timeout: float, what: str):
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def main(work: Path, ct: Path) -> int:
+#: How the images leave for the service: blanked (--deidentify) or pseudonymised (--pseudonymise SECRET).
+PRIVACY = {"deidentify": ["--deidentify"], "pseudonymise": ["--pseudonymise", "{work}/secret"]}
+
+
+def main(work: Path, ct: Path, mode: str = "pseudonymise") -> int:
+    PRIVACY[mode] = [a.format(work=work) for a in PRIVACY[mode]]
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     work.mkdir(parents=True, exist_ok=True)
     config = {
@@ -83,7 +89,7 @@ def main(work: Path, ct: Path) -> int:
             [str(BIN / "coviax-client"), "dicom-listener", "--server", f"127.0.0.1:{GRPC}", "--out", str(work / "listener"),
              "--port", str(LISTENER), "--ae-title", "COVIAX", "--allow-calling-ae", "ORTHANC", "--idle-seconds", "2",
              "--pacs", f"ORTHANC@127.0.0.1:{DICOM}", "--send-backoff", "2", "--outputs", "report,seg,sr,sc",
-             "--deidentify"],  # the service sees no patient attribute; the results must still join the patient
+             *PRIVACY[mode]],  # the service never sees the patient's attributes; the results must still join them
             stdout=logs["listener"], stderr=subprocess.STDOUT))
         wait(lambda: http("GET", "/system"), 60, "Orthanc's REST API")
         for f in sorted(ct.glob("*.dcm")):
@@ -122,9 +128,12 @@ def main(work: Path, ct: Path) -> int:
         # what the service kept: made from de-identified images (no patient ID), while Orthanc's copy has it
         kept = [pydicom.dcmread(f, stop_before_pixels=True) for f in (work / "service").rglob("*.dcm")]
         kept_ids = sorted({str(ds.get("PatientID", "")) for ds in kept if ds.get("Modality") == "SEG"})
+        kept_studies = sorted({str(ds.StudyInstanceUID) for ds in kept if ds.get("Modality") == "SEG"})
+        same_study_uid = kept_studies == [str(seg.StudyInstanceUID)]
         back_id = str(seg.PatientID)
         web = dicomweb_checks(work, study, mods) if dicomweb.is_file() else None
-        print(json.dumps({"dicomweb": web, "service_seg_patient_ids": kept_ids, "pacs_seg_has_patient_id": bool(back_id),
+        print(json.dumps({"mode": mode, "dicomweb": web, "service_seg_patient_ids": kept_ids,
+                          "service_saw_study_uid": same_study_uid, "pacs_seg_has_patient_id": bool(back_id),
                           "seconds_push_to_results_back": round(elapsed, 1), "seconds_orthanc_push": round(pushed, 1),
                           "result_series": sorted(mods), "instances_per_series": instances,
                           "patients": len(patients), "studies": len(studies), "seg_references": len(referenced),
@@ -172,4 +181,4 @@ def dicomweb_checks(work: Path, study: str, mods: dict) -> dict:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:4]))

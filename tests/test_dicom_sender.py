@@ -237,7 +237,7 @@ exit $rc
 def test_sender_and_listener_import_neither_torch_nor_the_core():
     import sys
 
-    code = ("import sys, coviax_client.sender, coviax_client.listener, coviax_client.cli; "
+    code = ("import sys, coviax_client.sender, coviax_client.listener, coviax_client.pseudonym, coviax_client.cli; "
             "bad = [m for m in sys.modules if m in ('torch', 'coviax') or m.startswith(('torch.', 'coviax.'))]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

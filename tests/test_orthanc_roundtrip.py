@@ -3,9 +3,9 @@
 tests/orthanc_roundtrip.py does the work inside a network namespace (Orthanc 1.10 cannot bind to loopback
 only; in the namespace lo is the only interface, so nothing it starts is reachable from outside): Orthanc
 with a temporary configuration and storage (RemoteAccessAllowed false, no plugins), ``coviax serve`` and
-``coviax-client dicom-listener --pacs --deidentify``. Orthanc pushes the bundled real CT to the listener; the
-service sees it de-identified, and the SEG, SR and Secondary Capture must still come back into the same patient
-and study, the SEG referencing every CT instance.
+``coviax-client dicom-listener --pacs --pseudonymise``. Orthanc pushes the bundled real CT to the listener;
+the service sees it pseudonymised (other patient ID, other UIDs), and the SEG, SR and Secondary Capture must
+still come back into the same patient and study, the SEG referencing every CT instance.
 With the DICOMweb plugin (Debian ``orthanc-dicomweb``) the SEG is also read back by WADO-RS and a copy
 stored by STOW-RS. Orthanc comes from the Debian package ``orthanc``; the test skips, naming what is missing, without it or
 without the right to make a network namespace.
@@ -47,7 +47,9 @@ def test_orthanc_pushes_the_ct_and_gets_seg_sr_sc_back_in_the_same_study(sample_
     assert found["instances_per_series"] == {"OT": 1, "SEG": 1, "SR": 1}
     assert found["patients"] == 1 and found["studies"] == 1
     assert found["seg_references"] == found["ct_instances"] == 64
-    assert found["service_seg_patient_ids"] == [""] and found["pacs_seg_has_patient_id"]  # de- and re-identified
+    # pseudonymised for the service (its SEG: a COVIAX- patient, another study UID), re-identified for Orthanc
+    (pseudonym,) = found["service_seg_patient_ids"]
+    assert pseudonym.startswith("COVIAX-") and not found["service_saw_study_uid"] and found["pacs_seg_has_patient_id"]
     web = found["dicomweb"]
     if web is None:
         pytest.skip("round trip passed; DICOMweb part not run: Orthanc's DICOMweb plugin is not installed "

@@ -160,9 +160,17 @@ def cmd_listener(args) -> int:
         if args.stow_url:
             senders.append(ResultSender(_stow_target(args), Path(args.out) / "stow", max_attempts=args.send_attempts,
                                         backoff_s=args.send_backoff))
+    pseudonymiser = None
+    if args.pseudonymise:
+        if args.deidentify:
+            raise ValueError("choose --deidentify or --pseudonymise, not both")
+        from coviax_client.pseudonym import Pseudonymiser
+
+        pseudonymiser = Pseudonymiser(Path(args.pseudonymise).expanduser(), Path(args.out) / "pseudonyms")
     client = _client(args, retry_codes=("UNAVAILABLE", "RESOURCE_EXHAUSTED"), retries=8)
     listener = DicomListener(args.ae_title, args.port, args.out,
-                             sdk_submitter(client, args.deidentify, sender=senders, **_options(args)),
+                             sdk_submitter(client, args.deidentify, sender=senders, pseudonymiser=pseudonymiser,
+                                           **_options(args)),
                              idle_seconds=args.idle_seconds, host=args.host, keep_incoming=args.keep_incoming,
                              rules=rules, allowed_calling=args.allow_calling_ae or (),
                              allowed_called=args.allow_called_ae or [args.ae_title],
@@ -334,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="failed sends per instance before it moves to OUT/pacs/dead-letter (default 5)")
     g.add_argument("--send-backoff", type=float, default=5.0,
                    help="seconds before the first retry; doubles each time, at most 600 (default 5)")
+    p.add_argument("--pseudonymise", metavar="SECRET_FILE",
+                   help="send consistent pseudonyms and replaced UIDs instead of the patient's (PS3.15 E basic profile "
+                        "subset); the secret (created 0600 if absent) keys them, OUT/pseudonyms maps them back for the "
+                        "results. Instead of --deidentify")
     p.add_argument("--grace-seconds", type=float, default=30.0,
                    help="on SIGTERM, how long running submissions may finish; the rest resumes on the next start")
     p.set_defaults(func=cmd_listener)

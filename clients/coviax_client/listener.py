@@ -462,27 +462,45 @@ def reidentify(paths: Iterable[Path], source: Path) -> int:
     return changed
 
 
-def sdk_submitter(client, deidentify: bool = False, sender=None, **options) -> Callable[..., None]:
+def sdk_submitter(client, deidentify: bool = False, sender=None, pseudonymiser=None, **options) -> Callable[..., None]:
     """A ``submit`` for :class:`DicomListener` that runs the scan through ``client`` and downloads the outputs.
 
     With ``sender`` (a :class:`coviax_client.sender.ResultSender`, or a list of them: C-STORE and STOW-RS)
     the SEG, SR and SC are queued to go back to the PACS. With ``deidentify`` the images leave without
     patient attributes (:func:`coviax_client.files.deidentify_dataset`; UIDs kept) and the SEG, SR and SC
-    get them back from the received originals (:func:`reidentify`) before anything is written for the PACS. The idempotency key is the series key plus the content key: the same images give
-    the same job, changed images a new one.
+    get them back from the received originals (:func:`reidentify`) before anything is written for the PACS.
+    With ``pseudonymiser`` (:class:`coviax_client.pseudonym.Pseudonymiser`) the images leave with
+    consistent pseudonyms and replaced UIDs, and the results are mapped back the same way. The idempotency
+    key is the series key plus the content key: the same images give the same job, changed images a new one.
     """
+    if deidentify and pseudonymiser is not None:
+        raise ValueError("choose --deidentify or --pseudonymise, not both")
 
     def submit(folder: Path, key: str, out: Path, content: str | None = None) -> None:
+        import tempfile
+
         if content is None:
             content = content_key(folder)
-        result = client.segment(folder, idempotency_key=f"listener-{key}-{content[:32]}", client_ref=key,
-                                deidentify=deidentify, **options)
+        upload, scratch = folder, None
+        if pseudonymiser is not None:
+            scratch = Path(tempfile.mkdtemp(prefix=".pseudonymised-", dir=out))
+            pseudonymiser.save_mapping(key, pseudonymiser.copy_series(folder, scratch))
+            upload = scratch
+        try:
+            result = client.segment(upload, idempotency_key=f"listener-{key}-{content[:32]}", client_ref=key,
+                                    deidentify=deidentify, **options)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         client.download_all(result, out)
         results = [out / name for name in DICOM_RESULTS if (out / name).is_file()]
-        if deidentify and results:
-            # the service saw blanked patient attributes; the received originals still have them
+        if results and (deidentify or pseudonymiser is not None):
+            # the service saw blanked or pseudonymous attributes; the received originals still have them
             source = next(p for p in sorted(folder.iterdir()) if p.suffix == ".dcm")
-            reidentify(results, source)
+            if pseudonymiser is not None:
+                pseudonymiser.reidentify(results, key, source)
+            else:
+                reidentify(results, source)
         (out / "job.txt").write_text(f"{result.job_id}\n")
         log.info("%s done: job %s, VRall %.2f %%", key, result.job_id, result.ratios_pct["all"])
         for one in (sender if isinstance(sender, (list, tuple)) else [sender] if sender is not None else []):
