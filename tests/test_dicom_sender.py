@@ -395,3 +395,32 @@ def test_deidentified_results_get_the_identity_back_before_they_go_to_the_pacs(r
     other.save_as(tmp_path / "other.dcm")
     with pytest.raises(ValueError, match="not the source study"):
         reidentify([tmp_path / "other.dcm"], source_file)
+
+
+def test_a_reanalysis_gets_new_series_numbers(results, tmp_path):
+    """A changed re-push is analysed again: its SEG/SR/SC must not reuse 9901-9903 in the PACS's study."""
+    from coviax_client.listener import sdk_submitter
+
+    class FakeResult:
+        job_id = "job"
+        ratios_pct = {"all": 1.0}
+
+    class FakeClient:
+        def segment(self, folder, idempotency_key, **options):
+            return FakeResult()
+
+        def download_all(self, result, out):
+            for name, path in results.items():
+                shutil.copy(path, Path(out) / name)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "in").mkdir()
+    submit = sdk_submitter(FakeClient())
+    numbers = []
+    for content in ("a" * 64, "b" * 64, "a" * 64):  # first, changed, and the first content again
+        submit(tmp_path / "in", "series-k", out, content)
+        numbers.append([int(pydicom.dcmread(out / n, stop_before_pixels=True).SeriesNumber) for n in RESULT_FILES])
+    assert numbers[0] == [9901, 9902, 9903]
+    assert numbers[1] == [9911, 9912, 9913]
+    assert numbers[2] == [9901, 9902, 9903]  # the same content as the first: the same numbers

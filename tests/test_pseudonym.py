@@ -150,7 +150,7 @@ def test_listener_submitter_uploads_the_pseudonymised_copy_and_reidentifies(pseu
             return FakeResult()
 
         def download_all(self, result, out):
-            for name in ("seg.dcm", "measurements_sr.dcm", "report_sc.dcm"):
+            for name in ("seg.dcm", "measurements_sr.dcm", "report_sc.dcm", "report.json"):
                 shutil.copy(self.out / name, Path(out) / name)
 
     incoming = tmp_path / "incoming"
@@ -164,6 +164,10 @@ def test_listener_submitter_uploads_the_pseudonymised_copy_and_reidentifies(pseu
     for name in ("seg.dcm", "measurements_sr.dcm", "report_sc.dcm"):
         ds = pydicom.dcmread(out / name, stop_before_pixels=True)
         assert ds.PatientID == source.PatientID and ds.StudyInstanceUID == source.StudyInstanceUID, name
+    import json
+
+    assert json.loads((tmp_path / "service" / "report.json").read_text())["input"]["series_uid"].startswith("2.25.")
+    assert json.loads((out / "report.json").read_text())["input"]["series_uid"] == source.SeriesInstanceUID
     with pytest.raises(ValueError, match="not both"):
         sdk_submitter(client, deidentify=True, pseudonymiser=pseudo)
     from coviax_client.cli import main

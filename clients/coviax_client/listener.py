@@ -462,6 +462,32 @@ def reidentify(paths: Iterable[Path], source: Path) -> int:
     return changed
 
 
+def analysis_version(out: Path, content: str) -> int:
+    """1 for the first analysis of a series (in ``out``), 2 for the first with other content, ... (``versions.txt``)."""
+    versions_file = out / "versions.txt"
+    seen = versions_file.read_text().split() if versions_file.is_file() else []
+    if content not in seen:
+        seen.append(content)
+        versions_file.write_text("\n".join(seen) + "\n")
+    return seen.index(content) + 1
+
+
+def renumber_series(paths: Iterable[Path], version: int) -> None:
+    """SeriesNumber + 10 per re-analysis (SEG 9901 -> 9911 -> 9921 ...), so a changed re-push does not add a
+    second series with the same number to the study in the PACS. Version 1 keeps the numbers as written."""
+    import pydicom
+
+    if version <= 1:
+        return
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        if "SeriesNumber" in ds and ds.SeriesNumber is not None:
+            ds.SeriesNumber = int(ds.SeriesNumber) + 10 * (version - 1)
+            tmp = path.with_name(path.name + ".part")
+            ds.save_as(tmp, enforce_file_format=True)
+            os.replace(tmp, path)
+
+
 def sdk_submitter(client, deidentify: bool = False, sender=None, pseudonymiser=None, **options) -> Callable[..., None]:
     """A ``submit`` for :class:`DicomListener` that runs the scan through ``client`` and downloads the outputs.
 
@@ -501,6 +527,9 @@ def sdk_submitter(client, deidentify: bool = False, sender=None, pseudonymiser=N
                 pseudonymiser.reidentify(results, key, source)
             else:
                 reidentify(results, source)
+        if pseudonymiser is not None:
+            _unpseudonymise_report(out / "report.json", pseudonymiser.load_mapping(key))
+        renumber_series(results, analysis_version(out, content))
         (out / "job.txt").write_text(f"{result.job_id}\n")
         log.info("%s done: job %s, VRall %.2f %%", key, result.job_id, result.ratios_pct["all"])
         for one in (sender if isinstance(sender, (list, tuple)) else [sender] if sender is not None else []):
@@ -508,3 +537,18 @@ def sdk_submitter(client, deidentify: bool = False, sender=None, pseudonymiser=N
             log.info("%s: %d result instance(s) queued for %s", key, queued, one.node)
 
     return submit
+
+
+def _unpseudonymise_report(path: Path, uid_map: dict[str, str]) -> None:
+    """report.json names the input series by its (pseudonymous) UID: put the original back."""
+    import json
+
+    if not path.is_file():
+        return
+    report = json.loads(path.read_text())
+    uid = (report.get("input") or {}).get("series_uid")
+    if uid in uid_map:
+        report["input"]["series_uid"] = uid_map[uid]
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, path)
