@@ -60,6 +60,11 @@ ORIENTATION_TOLERANCE = 1e-3
 MAX_INFLATED_BYTES = 64 * 1024**2
 _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 
+#: Sequences nested deeper than this are refused (no CT header needs more than a few levels).
+MAX_SEQUENCE_DEPTH = 64
+#: Pixel spacing (mm) a CT image can have; values outside are a broken header.
+PIXEL_SPACING_RANGE = (0.01, 50.0)
+
 #: Exceptions a decoder must never turn into a job failure: the process is being stopped.
 _PROCESS_EXITS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
@@ -328,6 +333,13 @@ def _read_dicom_file(path: Path, display: str) -> pydicom.Dataset | None:
         if not is_dicom:
             return None
         raise ScanError(f"{display}: corrupt or truncated DICOM file ({_describe(exc)})") from None
+    try:
+        _check_pixel_data_length(ds, path, display)
+        _check_elements(ds, display)
+    except ScanError:
+        if not is_dicom:
+            return None
+        raise
     meta = getattr(ds, "file_meta", None)
     if "SOPClassUID" not in ds and (meta is None or "MediaStorageSOPClassUID" not in meta):
         # pydicom parses almost any bytes after a DICM marker; a file with no
@@ -336,6 +348,42 @@ def _read_dicom_file(path: Path, display: str) -> pydicom.Dataset | None:
             raise ScanError(f"{display}: corrupt DICOM file (DICM marker present but no SOP Class UID (0008,0016))")
         return None
     return ds
+
+
+def _check_pixel_data_length(ds: pydicom.Dataset, path: Path, display: str) -> None:
+    """Refuse a file that ends before the end of the pixel data its header declares (read deferred,
+    the missing bytes would otherwise go unnoticed)."""
+    from pydicom.dataelem import RawDataElement
+
+    raw = ds.get_item(0x7FE00010)
+    if not isinstance(raw, RawDataElement) or raw.length == 0xFFFFFFFF or raw.value_tell is None:
+        return
+    missing = raw.value_tell + raw.length - path.stat().st_size
+    if missing > 0:
+        raise PixelDataError(f"{display}: truncated file: PixelData (7FE0,0010) declares {raw.length} bytes and "
+                             f"the file ends {missing} bytes before their end")
+
+
+def _check_elements(ds: pydicom.Dataset, display: str) -> None:
+    """Convert every element now (a value that does not fit its VR fails here, with a name, not later
+    as a pydicom exception) and refuse sequences nested deeper than MAX_SEQUENCE_DEPTH."""
+    stack = [(ds, 0)]
+    while stack:
+        dataset, depth = stack.pop()
+        tag = None
+        try:
+            for tag in list(dataset.keys()):
+                elem = dataset[tag]
+                if elem.VR == "SQ":
+                    if depth + 1 > MAX_SEQUENCE_DEPTH:
+                        raise ScanError(f"{display}: sequences nested more than {MAX_SEQUENCE_DEPTH} levels deep "
+                                        f"at {elem.tag}; refusing the file")
+                    stack.extend((item, depth + 1) for item in elem.value)
+        except ScanError:
+            raise
+        except Exception as exc:
+            raise ScanError(f"{display}: corrupt DICOM file (element {pydicom.tag.Tag(tag) if tag is not None else ''} "
+                            f"does not hold a valid value: {_describe(exc)})") from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -488,10 +536,16 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
     if rows * cols > MAX_SLICE_PIXELS:
         raise ScanError(f"{first.path}: Rows x Columns = {rows}x{cols} exceeds the limit of {MAX_SLICE_PIXELS} pixels")
     pixel_spacing = _numbers(first.ds, "PixelSpacing", "(0028,0030)", first.path, "cannot measure volumes", 2)
+    low, high = PIXEL_SPACING_RANGE
     if np.any(pixel_spacing <= 0):
         raise GeometryError(
             f"{first.path}: PixelSpacing (0028,0030) is {_plain(pixel_spacing, 6)}; both values must be positive "
             "(mm between pixel centres); cannot measure volumes"
+        )
+    if np.any(pixel_spacing < low) or np.any(pixel_spacing > high):
+        raise GeometryError(
+            f"{first.path}: PixelSpacing (0028,0030) is {_plain(pixel_spacing, 6)} mm; a CT image has {low:g} to "
+            f"{high:g} mm between pixel centres; cannot measure volumes"
         )
     positions_xyz = []
     for s in slices:
@@ -589,8 +643,9 @@ def slice_to_hu(ds: pydicom.Dataset, where: str | os.PathLike) -> np.ndarray:
     why = "cannot convert to Hounsfield units"
     slope = float(_numbers(ds, "RescaleSlope", "(0028,1053)", where, why, 1)[0])
     intercept = float(_numbers(ds, "RescaleIntercept", "(0028,1052)", where, why, 1)[0])
-    if slope == 0:
-        raise ScanError(f"{where}: RescaleSlope (0028,1053) is 0; every pixel would be {intercept:g} HU ({why})")
+    if slope <= 0:
+        raise ScanError(f"{where}: RescaleSlope (0028,1053) is {slope:g}; a CT's slope is positive "
+                        f"(usually 1) ({why})")
     values = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     return np.clip(np.rint(values), HU_MIN, HU_MAX).astype(np.int16)
 
@@ -644,6 +699,11 @@ def _decode_pixels(ds: pydicom.Dataset, where: Path) -> np.ndarray:
             raise PixelDataError(
                 f"{where}: truncated pixel data: {actual} bytes for Rows x Columns = {rows}x{cols} "
                 f"at {bits} bits ({expected} bytes expected)"
+            )
+        if actual > expected + 1:  # one byte of padding to an even length is allowed
+            raise PixelDataError(
+                f"{where}: pixel data of {actual} bytes, more than Rows x Columns = {rows}x{cols} at {bits} bits "
+                f"({expected} bytes); the image size or BitsAllocated (0028,0100) is wrong"
             )
     plugin = decoding_plugin(tsuid) if tsuid is not None else ""
     try:

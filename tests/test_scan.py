@@ -412,3 +412,65 @@ def test_a_deflated_series_still_reads(series_copy, sample_volume):
     for f in _files(series_copy)[:4]:
         _deflated_copy(f, f)
     assert np.array_equal(read_scan(series_copy).hu, sample_volume.hu)
+
+
+def test_deep_sequences_long_pixel_data_and_implausible_values_are_refused(series_copy):
+    """Found by the malformed corpus (tests/malformed_corpus.py): each read without complaint before."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    files = _files(series_copy)
+    original = {f: f.read_bytes() for f in files}
+
+    def restore():
+        for f, data in original.items():
+            f.write_bytes(data)
+
+    ds = pydicom.dcmread(files[5])
+    inner = Dataset()
+    inner.CodeValue = "X"
+    for _ in range(65):
+        outer = Dataset()
+        outer.ContentSequence = Sequence([inner])
+        inner = outer
+    ds.ContentSequence = inner.ContentSequence
+    ds.save_as(files[5])
+    with pytest.raises(ScanError, match="sequences nested more than 64 levels deep"):
+        read_scan(series_copy)
+    restore()
+    ds = pydicom.dcmread(files[5])
+    ds.PixelData = ds.PixelData + b"\0" * 1000
+    ds.save_as(files[5])
+    with pytest.raises(PixelDataError, match="more than Rows x Columns"):
+        read_scan(series_copy)
+    restore()
+    data = files[5].read_bytes()
+    files[5].write_bytes(data[:-100])  # the file ends inside the pixel data
+    with pytest.raises(PixelDataError, match="truncated"):
+        read_scan(series_copy)
+    restore()
+    for keyword, value, match in (("RescaleSlope", -1, "RescaleSlope .* is -1; a CT's slope is positive"),
+                                  ("PixelSpacing", [1e-5, 1e-5], "a CT image has 0.01 to 50 mm")):
+        for f in files:
+            d = pydicom.dcmread(f)
+            setattr(d, keyword, value)
+            d.save_as(f)
+        with pytest.raises(ScanError, match=match):
+            read_scan(series_copy)
+        restore()
+    assert read_scan(series_copy).shape == (64, 512, 512)
+
+
+def test_a_value_that_does_not_fit_its_vr_is_a_named_error(series_copy):
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    f = _files(series_copy)[5]
+    ds = pydicom.dcmread(f)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # so that the element has a VR in the file
+    ds.save_as(f, enforce_file_format=True)
+    data = bytearray(f.read_bytes())
+    at = bytes(data).index(b"\x28\x00\x10\x00US\x02\x00")
+    data[at + 6:at + 8] = b"\x03\x00"  # Rows: 3 bytes of a US value
+    f.write_bytes(bytes(data))
+    with pytest.raises(ScanError, match=r"corrupt DICOM file \(element \(0028,0010\) does not hold a valid value"):
+        read_scan(series_copy)
