@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data test run bench eval proto clean lint train-exact train-lungs
+.PHONY: setup data test run bench eval proto clean lint train-exact train-lungs corpus
 
 # The CPU build of torch is pinned first: a bare `torch` requirement would pull a
 # multi-GB CUDA build. On a GPU machine see README "GPU install".
@@ -30,6 +30,11 @@ data: $(STAMP)
 
 test: $(STAMP) data
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# Every case of the generated malformed-input corpus (tests/malformed_corpus.py) through the
+# gRPC API; `make test` runs three cases per class.
+corpus: $(STAMP)
+	COVIAX_CORPUS=full $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_service_corpus.py
 
 # The service on localhost with embedded defaults, the demo client on the bundled
 # real chest CT, artifacts in ./out, server stopped at the end (Ctrl-C stops all).
