@@ -365,15 +365,21 @@ def _check_pixel_data_length(ds: pydicom.Dataset, path: Path, display: str) -> N
 
 
 def _check_elements(ds: pydicom.Dataset, display: str) -> None:
-    """Convert every element now (a value that does not fit its VR fails here, with a name, not later
-    as a pydicom exception) and refuse sequences nested deeper than MAX_SEQUENCE_DEPTH."""
+    """Convert every standard element now (a value that does not fit its VR fails here, with a name, not
+    later as a pydicom exception) and refuse sequences nested deeper than MAX_SEQUENCE_DEPTH."""
     stack = [(ds, 0)]
     while stack:
         dataset, depth = stack.pop()
         tag = None
         try:
             for tag in list(dataset.keys()):
-                elem = dataset[tag]
+                if tag.is_private:  # never read by COViaX; a vendor's odd private value must not refuse a scan
+                    try:
+                        elem = dataset[tag]
+                    except Exception:
+                        continue
+                else:
+                    elem = dataset[tag]
                 if elem.VR == "SQ":
                     if depth + 1 > MAX_SEQUENCE_DEPTH:
                         raise ScanError(f"{display}: sequences nested more than {MAX_SEQUENCE_DEPTH} levels deep "
