@@ -134,20 +134,20 @@ def test_rle_secondary_capture_stays_rle_when_the_pacs_accepts_it(results, tmp_p
 
 def test_unreachable_pacs_retries_with_doubling_backoff_then_dead_letters(results, tmp_path):
     node = PacsNode("PACS", "127.0.0.1", free_port(), "COVIAX")  # nothing listens there
-    sender = ResultSender(node, tmp_path / "spool", max_attempts=3, backoff_s=0.2, timeout_s=5)
+    sender = ResultSender(node, tmp_path / "spool", max_attempts=3, backoff_s=1.0, timeout_s=5)
     sender.enqueue([results["seg.dcm"]])
     (item,) = sender.pending()
     first = sender.send_due()
     assert first["failed"] == 1 and first["dead"] == 0
     state = json.loads(item.with_suffix(".json").read_text())
     assert state["attempts"] == 1 and "no association" in state["last_error"]
-    assert state["next_try"] - state["last_try"] == pytest.approx(0.2, abs=0.05)
+    assert state["next_try"] - state["last_try"] == pytest.approx(1.0, abs=0.05)
     assert sender.send_due() == {"sent": 0, "failed": 0, "dead": 0, "waiting": 1}  # backing off
-    time.sleep(0.25)
+    time.sleep(1.1)
     assert sender.send_due()["failed"] == 1
     state = json.loads(item.with_suffix(".json").read_text())
-    assert state["attempts"] == 2 and state["next_try"] - state["last_try"] == pytest.approx(0.4, abs=0.05)
-    time.sleep(0.45)
+    assert state["attempts"] == 2 and state["next_try"] - state["last_try"] == pytest.approx(2.0, abs=0.05)
+    time.sleep(2.1)
     assert sender.send_due()["dead"] == 1
     assert sender.pending() == [] and [p.name for p in sender.dead_letters()] == [item.name]
     reason = json.loads((tmp_path / "spool" / "dead-letter" / item.with_suffix(".json").name).read_text())
