@@ -382,18 +382,21 @@ def test_dicom_tls_mutual_and_the_sender_over_tls(tmp_path):
 def test_stop_during_a_submission_keeps_it_and_a_repush_meanwhile_is_not_lost(slices, tmp_path):
     """A submission still running when the listener stops leaves its files for the next start; a re-push that
     arrives while the first push is being processed gets a folder of its own (nothing deleted under it)."""
-    release = threading.Event()
     started = threading.Event()
     calls = []
+    holder = {}
 
     def slow_submit(folder, key, out, content):
         calls.append((folder.name, len(list(folder.glob("*.dcm")))))
         started.set()
-        if not release.wait(30):
-            raise RuntimeError("never released")
+        deadline = time.monotonic() + 30
+        while not holder["listener"]._stop.is_set():  # runs until the listener is told to stop
+            if time.monotonic() > deadline:
+                raise RuntimeError("never stopped")
+            time.sleep(0.05)
         raise ConnectionError("channel closed by the shutdown")  # what the SDK raises once the client is closed
 
-    listener = _listener(tmp_path, slow_submit, idle_seconds=0.5)
+    listener = holder["listener"] = _listener(tmp_path, slow_submit, idle_seconds=0.5)
     try:
         assert _storescu(listener.port, slices).returncode == 0
         assert started.wait(30)
@@ -401,10 +404,8 @@ def test_stop_during_a_submission_keeps_it_and_a_repush_meanwhile_is_not_lost(sl
         incoming = tmp_path / "listener" / "incoming"
         wait_for(lambda: len([p for p in incoming.iterdir() if p.is_dir()]) == 2, timeout=30,
                  what="the re-push in a folder of its own")
-        threading.Timer(1.0, release.set).start()
-        listener.stop(grace_seconds=5)
     finally:
-        release.set()
+        listener.stop(grace_seconds=5)
     folders = sorted(p for p in (tmp_path / "listener" / "incoming").iterdir() if p.is_dir())
     assert len(folders) == 2 and all(len(list(f.glob("*.dcm"))) == N_SLICES for f in folders)
     assert not (tmp_path / "listener" / calls[0][0] / "error.txt").exists()  # interrupted, not failed
