@@ -301,3 +301,41 @@ def test_pool_workers_exit_when_the_server_is_killed(tmp_path):
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_a_database_from_before_tenants_is_migrated(tmp_path):
+    """Jobs stored before tenants existed belong to the tenant "" (the one of tokens without a tenant)."""
+    import sqlite3 as sq
+
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = sq.connect(data / "coviax.db")
+    conn.executescript("""
+        CREATE TABLE jobs (job_id TEXT PRIMARY KEY, state TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
+            finished REAL, idempotency_key TEXT UNIQUE, batch_id TEXT NOT NULL DEFAULT '', client_ref TEXT NOT NULL
+            DEFAULT '', options TEXT NOT NULL, upload_complete INTEGER NOT NULL DEFAULT 0, instances INTEGER NOT NULL
+            DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0, expected INTEGER NOT NULL DEFAULT 0, error_code TEXT NOT NULL
+            DEFAULT '', error_message TEXT NOT NULL DEFAULT '', report TEXT, artifacts_expired INTEGER NOT NULL
+            DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO jobs (job_id, state, created, updated, options) VALUES ('old', 'DONE', 1, 1, '{}');
+    """)
+    conn.commit()
+    conn.close()
+    store = Store(data)
+    store.open()
+    try:
+        assert [r["job_id"] for r in store.call_sync(lambda: store.list(tenant=""))] == ["old"]
+        assert not store.call_sync(lambda: store.list(tenant="hospital-a"))
+    finally:
+        store.close()
+
+
+def test_an_idempotency_key_is_per_tenant(parts):
+    async def main():
+        a, _ = await parts.admission.admit(JobRequest(idempotency_key="k", tenant="a"), streaming=False)
+        b, existing = await parts.admission.admit(JobRequest(idempotency_key="k", tenant="b"), streaming=False)
+        assert not existing and a.job_id != b.job_id
+        again, existing = await parts.admission.admit(JobRequest(idempotency_key="k", tenant="a"), streaming=False)
+        assert existing and again.job_id == a.job_id
+
+    asyncio.run(main())

@@ -134,3 +134,45 @@ def test_sdk_retries_unavailable_with_the_same_idempotency_key(tmp_path, small_s
         thread.join(30)
         if "cm" in holder:
             holder["cm"].__exit__(None, None, None)
+
+
+def test_tenants_see_only_their_own_jobs(tmp_path, small_series):
+    """Issue 13 item 7: a token maps to a tenant; jobs, batches and artifacts are visible to their tenant only."""
+    import hashlib
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# TOKEN [TENANT] or sha256:HEX [TENANT]\n"
+                      "token-a hospital-a\n"
+                      f"sha256:{hashlib.sha256(b'token-b').hexdigest()} hospital-b\n"
+                      "token-c\n")
+    with running_server(tmp_path / "data", tokens_file=str(tokens)) as st:
+        target = f"127.0.0.1:{st.port}"
+        with CoviaxClient(target, token="token-a", retries=0, timeout=90) as a, \
+                CoviaxClient(target, token="token-b", retries=0, timeout=90) as b, \
+                CoviaxClient(target, token="token-c", retries=0, timeout=90) as c:
+            result = a.segment(small_series, outputs=["report"], idempotency_key="shared-key")
+            batch_id, events = a.submit_batch([("p1", small_series)], outputs=["report"])
+            a.wait(events[0].accepted.job_id, timeout=90)
+            own = {j.job_id for j in a.list_jobs()}
+            assert {result.job_id, events[0].accepted.job_id} <= own
+            for other in (b, c):
+                assert not {j.job_id for j in other.list_jobs()} & own
+                assert not other.list_jobs(batch_id=batch_id)
+                for call in (lambda: other.get_job(result.job_id), lambda: other.cancel(result.job_id),
+                             lambda: other.download(result.job_id, "report", tmp_path / "stolen")):
+                    with pytest.raises(CoviaxClientError) as err:
+                        call()
+                    assert err.value.code == "NOT_FOUND" and f"no job {result.job_id!r}" in err.value.message
+            # the same idempotency key in another tenant makes that tenant's own job
+            theirs = b.segment(small_series, outputs=["report"], idempotency_key="shared-key")
+            assert theirs.job_id != result.job_id and b.get_job(theirs.job_id).state == pb.DONE
+            assert a.get_job(result.job_id).state == pb.DONE  # untouched
+            assert not (tmp_path / "stolen").exists() or not list((tmp_path / "stolen").iterdir())
+
+
+def test_a_malformed_token_line_is_refused_at_start(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("sha256:1234 hospital-a\n")
+    with pytest.raises(Exception, match="line 1: a sha256: entry needs 64 hex digits"):
+        with running_server(tmp_path / "data", tokens_file=str(tokens)):
+            pass

@@ -1,16 +1,21 @@
-"""Bearer-token authentication: a server interceptor over every RPC except health checks.
+"""Bearer-token authentication and tenants: a server interceptor over every RPC except health checks.
 
 Clients send ``authorization: Bearer TOKEN`` metadata. Tokens come from
-``COVIAX_TOKENS_FILE`` (one per line) and ``COVIAX_TOKENS``; with no token
-configured, authentication is off. The health service stays open so that
-Kubernetes probes (which send no token) work. Tokens are compared in constant
-time and never logged.
+``COVIAX_TOKENS_FILE`` and ``COVIAX_TOKENS``; with no token configured,
+authentication is off. A line of the tokens file is ``TOKEN`` or
+``sha256:HEX`` (the SHA-256 of the token, so that the file holds no secret),
+optionally followed by a tenant name: a caller sees only the jobs, batches and
+artifacts of its token's tenant (tokens without a tenant share the tenant "").
+The health service stays open so that Kubernetes probes (which send no token)
+work. Tokens are compared in constant time and never logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+from dataclasses import dataclass
 
 import grpc
 
@@ -37,16 +42,61 @@ def _deny_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMetho
     return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)
 
 
+@dataclass(frozen=True)
+class Credential:
+    secret: bytes  # the token, or the hex SHA-256 of the token when ``hashed``
+    hashed: bool = False
+    tenant: str = ""
+
+    @classmethod
+    def parse(cls, line: str) -> "Credential":
+        """``TOKEN [TENANT]`` or ``sha256:HEX [TENANT]``."""
+        secret, _, tenant = line.strip().partition(" ")
+        tenant = tenant.strip()
+        if secret.startswith("sha256:"):
+            digest = secret[len("sha256:"):].lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError("a sha256: entry needs 64 hex digits")
+            return cls(digest.encode(), True, tenant)
+        return cls(secret.encode(), False, tenant)
+
+
+class Tokens:
+    """The known bearer tokens and their tenants."""
+
+    def __init__(self, credentials):
+        self.credentials = tuple(credentials)
+
+    def __bool__(self) -> bool:
+        return bool(self.credentials)
+
+    def tenant_of(self, presented: str) -> str | None:
+        """The tenant of a presented token, or None if it is unknown (constant time over all tokens)."""
+        candidate = presented.encode()
+        digest = hashlib.sha256(candidate).hexdigest().encode()
+        found = None
+        for c in self.credentials:  # no early exit: the time does not tell which token matched
+            if hmac.compare_digest(digest if c.hashed else candidate, c.secret) and found is None:
+                found = c.tenant
+        return found
+
+    def tenant_from_metadata(self, metadata) -> str | None:
+        """The tenant of a call's ``authorization: Bearer TOKEN`` metadata ("" when authentication is off)."""
+        if not self.credentials:
+            return ""
+        value = dict(metadata or ()).get("authorization", "")
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return self.tenant_of(token.strip())
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: frozenset[str]):
-        self._tokens = tuple(t.encode() for t in tokens)
+    def __init__(self, tokens: Tokens):
+        self._tokens = tokens
 
     def _valid(self, presented: str) -> bool:
-        candidate = presented.encode()
-        ok = False
-        for token in self._tokens:  # no early exit: the time does not tell which token matched
-            ok |= hmac.compare_digest(candidate, token)
-        return ok
+        return self._tokens.tenant_of(presented) is not None
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)

@@ -19,11 +19,13 @@ from coviax_service.jobs import JobManager, LiveJob
 
 
 class BatchSession:
-    """The state of one SubmitBatch stream. ``receive(jobs, job, request)`` takes one data message of a scan."""
+    """The state of one SubmitBatch stream. ``receive(jobs, job, request)`` takes one data message of a scan;
+    ``tenant``: the caller's, owner of the batch's jobs."""
 
-    def __init__(self, jobs: JobManager, receive):
+    def __init__(self, jobs: JobManager, receive, tenant: str = ""):
         self.jobs = jobs
         self.receive = receive
+        self.tenant = tenant
         self.batch_id = uuid.uuid4().hex[:16]
         self.index = -1  # the scan being received
         self.ref = ""  # its client_ref
@@ -81,7 +83,7 @@ class BatchSession:
         self.batch_id = header.batch_id or self.batch_id
         self.skipping = False
         try:
-            admitted, existing = await self.jobs.admit(request_from_header(header), streaming=False,
+            admitted, existing = await self.jobs.admit(request_from_header(header, self.tenant), streaming=False,
                                                        batch_id=self.batch_id)
         except Exception as exc:
             return [self._rejected(exc)]

@@ -61,14 +61,25 @@ class ServiceConfig:
                 raise OptionError(f"{path}: no such file (named by a COVIAX_TLS_* / COVIAX_TOKENS_FILE setting)")
 
     def load_tokens(self) -> frozenset[str]:
-        """Bearer tokens: one per line in the tokens file (blank lines and # comments skipped) plus ``tokens``."""
-        tokens = set(t for t in self.tokens if t)
+        """The token entries (first word of each line of the tokens file, plus ``tokens``)."""
+        return frozenset(c.secret.decode() if not c.hashed else "sha256:" + c.secret.decode()
+                         for c in self.load_credentials())
+
+    def load_credentials(self) -> list:
+        """Bearer tokens and their tenants: ``TOKEN [TENANT]`` or ``sha256:HEX [TENANT]`` per line of the tokens
+        file (blank lines and # comments skipped), plus ``tokens`` (no tenant)."""
+        from coviax_service.auth import Credential
+
+        credentials = [Credential.parse(t) for t in self.tokens if t]
         if self.tokens_file:
-            for line in Path(self.tokens_file).read_text().splitlines():
+            for number, line in enumerate(Path(self.tokens_file).read_text().splitlines(), 1):
                 line = line.strip()
                 if line and not line.startswith("#"):
-                    tokens.add(line)
-        return frozenset(tokens)
+                    try:
+                        credentials.append(Credential.parse(line))
+                    except ValueError as exc:
+                        raise OptionError(f"{self.tokens_file}, line {number}: {exc}") from None
+        return credentials
 
 
 #: (attribute, environment variable, type) of every setting read from the environment.

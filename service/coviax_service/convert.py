@@ -29,7 +29,7 @@ class Malformed:
                               "(malformed protobuf, or a string that is not UTF-8)")
 
 
-def request_from_header(header: pb.Header) -> JobRequest:
+def request_from_header(header: pb.Header, tenant: str = "") -> JobRequest:
     o = header.options
     return JobRequest(
         lungs=o.lungs, engine=o.engine, outputs=tuple(o.outputs),
@@ -37,6 +37,7 @@ def request_from_header(header: pb.Header) -> JobRequest:
         idempotency_key=header.idempotency_key, study_label=header.study_label, client_ref=header.client_ref,
         batch_id=header.batch_id,
         expected_instances=int(header.expected_instances) if header.HasField("expected_instances") else None,
+        tenant=tenant,
     )
 
 

@@ -77,6 +77,10 @@ class Unavailable(ServiceError):
     code = "UNAVAILABLE"
 
 
+class Unauthenticated(ServiceError):
+    code = "UNAUTHENTICATED"
+
+
 class JobCancelled(ServiceError):
     """Raised inside a job (or a worker) once the job is cancelled."""
 

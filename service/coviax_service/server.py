@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from coviax_api.coviax.v1 import coviax_pb2 as pb
-from coviax_service.auth import BearerTokenInterceptor
+from coviax_service.auth import BearerTokenInterceptor, Tokens
 from coviax_service.config import ServiceConfig
 from coviax_service.jobs import JobManager
 from coviax_service.metrics import Metrics
@@ -48,7 +48,7 @@ class CoviaxServer:
         """Bind, warm up, then report SERVING. Returns the bound gRPC port."""
         self._stopped = asyncio.Event()
         self.jobs.open_store()
-        tokens = self.config.load_tokens()
+        tokens = Tokens(self.config.load_credentials())
         interceptors = [BearerTokenInterceptor(tokens)] if tokens else []
         message_limit = self.config.max_chunk_bytes + 1024 * 1024
         self.server = grpc.aio.server(
@@ -60,7 +60,7 @@ class CoviaxServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        add_to_server(CoviaxServicer(self.jobs), self.server)
+        add_to_server(CoviaxServicer(self.jobs, tokens), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME,
                  "grpc.reflection.v1.ServerReflection")

@@ -27,7 +27,7 @@ from coviax_service.convert import (
     result_from_report,
     state_name,
 )
-from coviax_service.errors import InvalidRequest, JobCancelled, Unavailable, Unsupported, classify
+from coviax_service.errors import InvalidRequest, JobCancelled, Unauthenticated, Unavailable, Unsupported, classify
 from coviax_service.jobs import JobManager, LiveJob
 
 log = logging.getLogger("coviax.service")
@@ -99,8 +99,21 @@ async def receive(jobs: JobManager, job: LiveJob, request) -> None:
 
 
 class CoviaxServicer:
-    def __init__(self, jobs: JobManager):
+    """``tokens``: the server's :class:`~coviax_service.auth.Tokens` (None or empty: no authentication,
+    every caller is the tenant "")."""
+
+    def __init__(self, jobs: JobManager, tokens=None):
         self.jobs = jobs
+        self.tokens = tokens
+
+    def tenant(self, context) -> str:
+        """The caller's tenant (from its bearer token; the interceptor has checked the token already)."""
+        if not self.tokens:
+            return ""
+        tenant = self.tokens.tenant_from_metadata(context.invocation_metadata())
+        if tenant is None:
+            raise Unauthenticated("unknown bearer token")
+        return tenant
 
     # ------------------------------------------------------------------ Segment
 
@@ -111,7 +124,8 @@ class CoviaxServicer:
             if first is None or first.WhichOneof("item") != "header":
                 raise Unsupported("the first message of a Segment stream must be a Header "
                                   f"(got {first.WhichOneof('item') if first is not None else 'nothing'})")
-            job, existing = await self.jobs.admit(request_from_header(first.header), streaming=True)
+            job, existing = await self.jobs.admit(request_from_header(first.header, self.tenant(context)),
+                                                  streaming=True)
         except Exception as exc:
             await _abort(context, exc)
             return
@@ -210,7 +224,12 @@ class CoviaxServicer:
     # -------------------------------------------------------------- SubmitBatch
 
     async def SubmitBatch(self, request_iterator, context):
-        session = BatchSession(self.jobs, receive)
+        try:
+            tenant = self.tenant(context)
+        except Exception as exc:
+            await _abort(context, exc)
+            return
+        session = BatchSession(self.jobs, receive, tenant)
         context.add_done_callback(session.on_rpc_done(asyncio.get_running_loop()))
         try:
             async for request in request_iterator:
@@ -227,7 +246,7 @@ class CoviaxServicer:
         try:
             if isinstance(request, Malformed):
                 raise request.error()
-            return job_message(await self.jobs.get_job(request.job_id))
+            return job_message(await self.jobs.get_job(request.job_id, self.tenant(context)))
         except Exception as exc:
             await _abort(context, exc)
 
@@ -239,7 +258,8 @@ class CoviaxServicer:
                 state = state_name(request.state)
             except ValueError:
                 raise InvalidRequest(f"state {request.state} is not a JobState; leave it unset for all states") from None
-            records, token = await self.jobs.list_jobs(request.batch_id, state, request.page_size, request.page_token)
+            records, token = await self.jobs.list_jobs(request.batch_id, state, request.page_size, request.page_token,
+                                                       self.tenant(context))
             return pb.ListJobsResponse(jobs=[job_message(r, with_result=False) for r in records],
                                        next_page_token=token)
         except Exception as exc:
@@ -249,7 +269,7 @@ class CoviaxServicer:
         try:
             if isinstance(request, Malformed):
                 raise request.error()
-            return job_message(await self.jobs.cancel_by_id(request.job_id))
+            return job_message(await self.jobs.cancel_by_id(request.job_id, self.tenant(context)))
         except Exception as exc:
             await _abort(context, exc)
 
@@ -257,7 +277,7 @@ class CoviaxServicer:
         try:
             if isinstance(request, Malformed):
                 raise request.error()
-            path, ref = await self.jobs.artifact_file(request.job_id, request.name)
+            path, ref = await self.jobs.artifact_file(request.job_id, request.name, self.tenant(context))
             size = path.stat().st_size
             if request.offset > size:
                 raise InvalidRequest(f"offset {request.offset} is past the end of {ref['file_name']} ({size} bytes)")

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_message TEXT NOT NULL DEFAULT '',
     report TEXT,
     artifacts_expired INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    tenant TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id, created);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
@@ -122,6 +123,9 @@ class Store:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(_SCHEMA)
+        columns = {r["name"] for r in conn.execute("PRAGMA table_info(jobs)")}
+        if "tenant" not in columns:  # a database made before tenants: its jobs belong to the tenant ""
+            conn.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT ''")
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
         self._conn = conn
 
@@ -181,10 +185,11 @@ class Store:
                         return dict(old) | {"existing": True}
                     conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE job_id = ?", (old["job_id"],))
             conn.execute(
-                "INSERT INTO jobs (job_id, state, created, updated, idempotency_key, batch_id, client_ref, options, expected)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (job_id, state, created, updated, idempotency_key, batch_id, client_ref, options, expected,"
+                " tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (row["job_id"], row.get("state", "RECEIVING"), now, now, key, row.get("batch_id", ""),
-                 row.get("client_ref", ""), json.dumps(row["options"]), int(row.get("expected", 0))),
+                 row.get("client_ref", ""), json.dumps(row["options"]), int(row.get("expected", 0)),
+                 row.get("tenant", "")),
             )
             new = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (row["job_id"],)).fetchone()
         return dict(new) | {"existing": False}
@@ -235,15 +240,17 @@ class Store:
         rows = self._conn.execute("SELECT * FROM artifacts WHERE job_id = ? ORDER BY name", (job_id,)).fetchall()
         return [dict(r) for r in rows]
 
-    def list(self, batch_id: str = "", state: str = "", limit: int = 100, offset: int = 0) -> list[dict]:
-        where, args = [], []
+    def list(self, batch_id: str = "", state: str = "", limit: int = 100, offset: int = 0,
+             tenant: str = "") -> list[dict]:
+        """A tenant's jobs, newest first, filtered by batch and state."""
+        where, args = ["tenant = ?"], [tenant]
         if batch_id:
             where.append("batch_id = ?")
             args.append(batch_id)
         if state:
             where.append("state = ?")
             args.append(state)
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = "SELECT * FROM jobs WHERE " + " AND ".join(where)
         sql += " ORDER BY created DESC, job_id LIMIT ? OFFSET ?"
         return [dict(r) for r in self._conn.execute(sql, (*args, limit, offset)).fetchall()]
 

@@ -75,7 +75,7 @@ class Admission:
             raise LimitExceeded(f"{expected} instances announced; this server takes at most "
                                 f"{self.config.max_slices} per scan (COVIAX_MAX_SLICES)")
         if request.idempotency_key:
-            row = await self.store.call(self.store.find_key, request.idempotency_key)
+            row = await self.store.call(self.store.find_key, request.scoped_key)
             if row is not None:
                 return (self.live.get(row["job_id"]) or row), True
         if streaming:
@@ -99,9 +99,9 @@ class Admission:
                       batch_id: str) -> tuple[LiveJob | dict, bool]:
         job_id = uuid.uuid4().hex
         row = await self.store.call(self.store.create_job, {
-            "job_id": job_id, "idempotency_key": request.idempotency_key, "batch_id": batch_id or request.batch_id,
+            "job_id": job_id, "idempotency_key": request.scoped_key, "batch_id": batch_id or request.batch_id,
             "client_ref": request.client_ref, "options": options.to_dict(),
-            "expected": request.expected_instances or 0,
+            "expected": request.expected_instances or 0, "tenant": request.tenant,
         })
         if row["existing"]:  # a concurrent request with the same key won the race
             return (self.live.get(row["job_id"]) or row), True

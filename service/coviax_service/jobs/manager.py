@@ -242,12 +242,13 @@ class JobManager:
         except Exception:
             log.exception("job %s: cleaning up after the stream ended failed", job.job_id)
 
-    async def cancel_by_id(self, job_id: str) -> JobRecord:
+    async def cancel_by_id(self, job_id: str, tenant: str = "") -> JobRecord:
+        await self._row_of(job_id, tenant)
         job = self.live.get(job_id)
         if job is not None and not job.terminal:
             await self.runner.cancel(job, "cancelled by CancelJob")
             self.scheduler.forget(job_id)
-        return await self.get_job(job_id)
+        return await self.get_job(job_id, tenant)
 
     def _after_done(self) -> None:
         if self.config.retention_max_bytes:
@@ -288,17 +289,23 @@ class JobManager:
     async def stored(self, job_id: str) -> dict | None:
         return await self.store.call(self.store.get, job_id)
 
-    async def get_job(self, job_id: str, with_result: bool = True) -> JobRecord:
+    async def _row_of(self, job_id: str, tenant: str) -> dict:
+        """The row of a job of ``tenant``; NOT_FOUND for another tenant's job, as for a job that does not exist."""
         row = await self.store.call(self.store.get, job_id)
-        if row is None:
+        if row is None or row["tenant"] != tenant:
             raise NotFound(f"no job {job_id!r} on this server")
+        return row
+
+    async def get_job(self, job_id: str, tenant: str = "", with_result: bool = True) -> JobRecord:
+        row = await self._row_of(job_id, tenant)
         artifacts = await self.store.call(self.store.artifacts, job_id) if with_result else None
         return JobRecord(row, self.live.get(job_id), artifacts)
 
     async def artifacts(self, job_id: str) -> list[dict]:
         return await self.store.call(self.store.artifacts, job_id)
 
-    async def list_jobs(self, batch_id: str, state: str, page_size: int, token: str) -> tuple[list[JobRecord], str]:
+    async def list_jobs(self, batch_id: str, state: str, page_size: int, token: str,
+                        tenant: str = "") -> tuple[list[JobRecord], str]:
         """A page of jobs, newest first, and the token of the next page ("" after the last)."""
         if state and state not in JobState.__members__:
             raise InvalidRequest(f"state {state!r} is not a job state; use one of {', '.join(JobState)}")
@@ -306,15 +313,13 @@ class JobManager:
             raise InvalidRequest(f"page_token {token[:40]!r} is not one this server gave")
         offset = int(token) if token else 0
         limit = min(page_size or 100, 1000)
-        rows = await self.store.call(lambda: self.store.list(batch_id, state, limit + 1, offset))
+        rows = await self.store.call(lambda: self.store.list(batch_id, state, limit + 1, offset, tenant))
         more = len(rows) > limit
         records = [JobRecord(r, self.live.get(r["job_id"])) for r in rows[:limit]]
         return records, str(offset + limit) if more else ""
 
-    async def artifact_file(self, job_id: str, name: str) -> tuple[Path, dict]:
-        row = await self.store.call(self.store.get, job_id)
-        if row is None:
-            raise NotFound(f"no job {job_id!r} on this server")
+    async def artifact_file(self, job_id: str, name: str, tenant: str = "") -> tuple[Path, dict]:
+        row = await self._row_of(job_id, tenant)
         if row["state"] != JobState.DONE:
             raise Unsupported(f"job {job_id} is {row['state']}; artifacts exist once it is DONE")
         if row["artifacts_expired"]:

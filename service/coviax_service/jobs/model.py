@@ -50,6 +50,14 @@ class JobRequest:
     client_ref: str = ""
     batch_id: str = ""
     expected_instances: int | None = None
+    tenant: str = ""  # whose job it is (the caller's token); jobs are visible to their tenant only
+
+    @property
+    def scoped_key(self) -> str:
+        """The idempotency key as stored: one tenant's key never names another tenant's job."""
+        if not self.idempotency_key or not self.tenant:
+            return self.idempotency_key
+        return f"{self.tenant}\x1f{self.idempotency_key}"
 
 
 #: Length limits of the client's free-text fields.
