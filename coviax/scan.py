@@ -18,7 +18,6 @@ messages name files, tags and values of geometry only.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
