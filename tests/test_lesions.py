@@ -129,3 +129,32 @@ def test_combine_with_lungs_keeps_the_cavity_from_the_lung_mask():
     raw = np.array([[[0, 1, 2, 3, 4, 3]]], np.uint8)
     cavity = np.array([[[1, 1, 1, 1, 1, 0]]], bool)
     assert combine_with_lungs(raw, cavity).tolist() == [[[1, 1, 2, 3, 4, 0]]]
+
+
+def test_unet_sees_a_flipped_nifti_as_the_usual_axial_layout():
+    """A volume stored turned by 180 degrees in-plane (direction diag(-1, -1, 1)) is shown to the network
+    in the usual layout and its labels are turned back: a network that calls the anterior half of every
+    slice GGO marks the anterior half of the stored array, which is its lower half here."""
+    import torch
+
+    from coviax.lesions.unet import UNetEngine, display_flips
+    from coviax.lesions.unet_model import UNetConfig
+    from coviax.scan import Volume
+
+    class AnteriorHalfIsGGO(torch.nn.Module):
+        config = UNetConfig(depth=2, width=4, input_size=32)
+
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 5, *x.shape[-2:])
+            logits[:, Label.GGO, : x.shape[-2] // 2] = 1.0
+            return logits
+
+    engine = UNetEngine(AnteriorHalfIsGGO(), precision="fp32")
+    hu = np.full((2, 32, 32), -800, np.int16)
+    usual = Volume(hu=hu, spacing_zyx=(2.0, 1.0, 1.0))
+    turned = Volume(hu=hu.copy(), spacing_zyx=(2.0, 1.0, 1.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    assert display_flips(turned.direction)[1].step == -1 and display_flips(usual.direction)[1].step is None
+    assert (engine.predict_volume(usual)[:, :16] == Label.GGO).all()
+    assert (engine.predict_volume(turned)[:, 16:] == Label.GGO).all()
+    assert not (engine.predict_volume(turned)[:, :16] == Label.GGO).any()
+    assert (engine.predict_slices(turned.hu)[:, :16] == Label.GGO).all()  # without the flip: the wrong half

@@ -169,3 +169,16 @@ def test_auto_falls_back_to_classical_without_any_lung_weights(sample_volume, mo
     mask = segment_lungs(sample_volume, "auto")
     assert mask.method == "classical"
     assert "no lung network checkpoint" in mask.notes[0] and "used the classical method" in mask.notes[0]
+
+
+def test_lung_network_drops_soft_tissue_islands_but_keeps_consolidation_attached_to_lung():
+    from coviax.lungs.unet import drop_unaerated_islands
+
+    hu = np.full((1, 40, 40), 40, np.int16)  # soft tissue
+    mask = np.zeros(hu.shape, bool)
+    mask[0, 5:20, 5:20] = True  # lung with a dense lesion at its edge
+    hu[0, 5:20, 5:15] = -850
+    mask[0, 25:35, 25:35] = True  # an island of liver the network called lung
+    kept = drop_unaerated_islands(mask, hu)
+    assert kept[0, 5:20, 5:20].all()  # the consolidated third stays with its aerated lung
+    assert not kept[0, 25:35, 25:35].any()

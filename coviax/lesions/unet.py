@@ -191,9 +191,29 @@ class UNetEngine:
                 self.progress(min(start + self.batch_size, n), n)
         return out
 
+    def predict_volume(self, volume) -> np.ndarray:
+        """:meth:`predict_slices` on a Volume, its slices shown to the network as it was trained."""
+        flip = display_flips(volume.direction)
+        raw = self.predict_slices(np.ascontiguousarray(volume.hu[flip]))
+        return raw[flip]
+
     def segment(self, volume, lungs) -> LesionLabels:
-        raw = self.predict_slices(volume.hu)
+        raw = self.predict_volume(volume)
         return LesionLabels(combine_with_lungs(raw, lungs.cavity), self.name, self.model_id, notes=list(self.notes))
+
+
+def display_flips(direction: np.ndarray) -> tuple[slice, slice, slice]:
+    """The (z, y, x) index that shows axial slices as the networks were trained: rows running
+    anterior to posterior and columns patient right to left (the usual DICOM axial layout).
+
+    NIfTI files are often stored the other way round in-plane (e.g. a direction of diag(-1, -1, 1)
+    turns every slice by 180 degrees); a 2D network trained on one layout sees another anatomy
+    there. The same index undoes the flip. Oblique axes are judged by their dominant component.
+    """
+    d = np.asarray(direction, dtype=np.float64)
+    flip_x = d[0, 0] < 0  # the column axis should point to patient left (+x in LPS)
+    flip_y = d[1, 1] < 0  # the row axis should point to posterior (+y in LPS)
+    return (slice(None), slice(None, None, -1) if flip_y else slice(None), slice(None, None, -1) if flip_x else slice(None))
 
 
 def combine_with_lungs(raw: np.ndarray, cavity: np.ndarray) -> np.ndarray:

@@ -41,8 +41,8 @@ MIN_LUNG_ML = 50.0
 def segment_lungs_classical(volume, close_pleura: bool = True):
     """Lung mask of ``volume`` by the classical method; see the module docstring.
 
-    ``close_pleura=False`` skips step 5's 20 mm closing and keeps only the 3D hole
-    fill (vessels, airways inside the lung): on a scan without dense lesions at
+    ``close_pleura=False`` skips step 5's 20 mm closing and keeps only the hole
+    fills (vessels, airways inside the lung): on a scan without dense lesions at
     the pleura this is the lung as a reader outlines it, without the hilar and
     cardiac tissue the closing can pull in. The lung network's training targets
     and the evaluation's reference lungs are made this way.
@@ -204,7 +204,9 @@ def _patient_x(volume, x_index: np.ndarray) -> np.ndarray:
 
 
 def fill_lung_holes(labels: np.ndarray) -> np.ndarray:
-    """Each lung's 3D holes (vessels, airways and lesions enclosed by lung) filled, nothing else added."""
+    """Each lung's holes filled, in 3D and then in every slice: vessels, airways and dense parenchyma
+    enclosed by that lung. Nothing outside a lung's outline is added. The per-slice pass matters where
+    dense lung reaches the first or last slice of the scan, which no 3D fill can close."""
     out = labels.copy()
     for lung in (RIGHT_LUNG, LEFT_LUNG):
         mask = labels == lung
@@ -212,6 +214,8 @@ def fill_lung_holes(labels: np.ndarray) -> np.ndarray:
             continue
         z0, z1, y0, y1, x0, x1 = _bbox(mask, pad=0)
         sub = fill_voids.fill(mask[z0:z1, y0:y1, x0:x1], in_place=False)
+        for z in range(sub.shape[0]):
+            sub[z] = fill_voids.fill(sub[z], in_place=False)
         region = out[z0:z1, y0:y1, x0:x1]
         region[sub & (region == 0)] = lung
     return out

@@ -9,9 +9,11 @@ and its inputs include phantoms whose consolidation reaches the pleura
 
 Same network class and inference path as the lesion U-Net (:class:`coviax.lesions.unet.UNetEngine`:
 batched slices, bf16 on CPUs that have it); two classes, lung and not lung. After it, as lungmask
-does: the largest 3D components (at most two, each at least 50 mL, the second at least a tenth
-of the first), each lung's holes filled, right and left split by the classical method's
-:func:`~coviax.lungs.classical.split_left_right`.
+does: in each slice, parts with almost no aerated lung (< 5 % below -500 HU: islands in the liver or
+stomach under the diaphragm dome) are dropped; then the largest 3D components (at most two, each at
+least 50 mL, the second at least a tenth of the first), each lung's holes filled, right and left
+split by the classical method's :func:`~coviax.lungs.classical.split_left_right`. Hand-written
+because lungmask's post-processing (largest component per label) has no notion of aeration.
 
 Weights: ``--lung-weights FILE``, ``$COVIAX_LUNG_UNET_WEIGHTS`` or the shipped
 ``coviax/models/lungs_unet.pt``; never downloaded.
@@ -31,6 +33,11 @@ from coviax.errors import WeightsNotFoundError
 SHIPPED_LUNG_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "lungs_unet.pt"
 ENV_VAR = "COVIAX_LUNG_UNET_WEIGHTS"
 MIN_LUNG_ML = 50.0
+#: A part of the mask in one slice is lung only if some of it is aerated: at least this share of its
+#: pixels below AERATED_HU. Dense lesions attached to aerated lung in the slice stay; islands of
+#: soft tissue under the diaphragm dome (liver, stomach wall) that the network may call lung go.
+AERATED_HU = -500
+MIN_AERATED_SHARE = 0.05
 
 
 def find_weights(weights: str | None = None) -> Path | None:
@@ -67,7 +74,8 @@ def segment_lungs_unet(volume, weights: str | None = None, device: str = "cpu"):
     engine = _engine(str(path.resolve()), path.stat().st_mtime_ns, device)
     if engine.model.config.n_classes != 2:
         raise WeightsNotFoundError(f"{path}: a {engine.model.config.n_classes}-class network, not a lung network (2 classes)")
-    lungs = keep_lung_components(engine.predict_slices(volume.hu) > 0, volume.voxel_volume_ml)
+    raw = drop_unaerated_islands(engine.predict_volume(volume) > 0, volume.hu)
+    lungs = keep_lung_components(raw, volume.voxel_volume_ml)
     notes = [f"lung network {engine.model_id}"]
     if not lungs.any():
         return LungMask(labels=np.zeros(volume.shape, np.uint8), method="unet", notes=notes + ["no lungs found"])
@@ -83,6 +91,20 @@ def _engine(path: str, mtime_ns: int, device: str):
     from coviax.lesions.unet import UNetEngine
 
     return UNetEngine.from_checkpoint(path, device=device)
+
+
+def drop_unaerated_islands(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """Remove, slice by slice, connected parts of ``mask`` with almost no aerated lung in them."""
+    out = mask.copy()
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        parts = cc3d.connected_components(mask[z], connectivity=8)
+        stats = cc3d.statistics(parts)
+        counts = np.asarray(stats["voxel_counts"], dtype=np.int64)
+        aerated = np.bincount(parts[hu[z] < AERATED_HU].ravel(), minlength=len(counts))
+        bad = np.flatnonzero((aerated < MIN_AERATED_SHARE * counts) & (np.arange(len(counts)) > 0))
+        if bad.size:
+            out[z][np.isin(parts, bad)] = False
+    return out
 
 
 def keep_lung_components(mask: np.ndarray, voxel_ml: float) -> np.ndarray:
