@@ -387,13 +387,18 @@ def _check_elements(ds: pydicom.Dataset, display: str) -> None:
         except ScanError:
             raise
         except Exception as exc:
-            raise ScanError(f"{display}: corrupt DICOM file (element {pydicom.tag.Tag(tag) if tag is not None else ''} "
-                            f"does not hold a valid value: {_describe(exc)})") from None
+            where = f"element {pydicom.tag.Tag(tag)}" if tag is not None else "an element"
+            raise ScanError(f"{display}: corrupt DICOM file ({where} does not hold a valid value for its VR)") from None
 
 
 def _describe(exc: BaseException) -> str:
-    """A short description of a parser exception for a message: its text, cut to one line."""
+    """A short description of a parser exception for a message: its text, cut to one line, with any bytes
+    or quoted values it repeats from the file replaced (they could hold a patient's name)."""
+    import re
+
     text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    text = re.sub(r"b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\"", "<bytes>", text)
+    text = re.sub(r"'[^']*'", "'...'", text)
     return text or "unreadable"
 
 

@@ -52,8 +52,27 @@ def _requests(case):
     yield pb.SegmentRequest(end=pb.EndOfScan())
 
 
+def _identifiers(series) -> set[str]:
+    """Every person name, ID, date and time value in the headers of the corpus's source instances."""
+    import pydicom
+
+    values = set()
+    for path in series.glob("*.dcm"):
+        for elem in pydicom.dcmread(path, stop_before_pixels=True).iterall():
+            if elem.VR in ("PN", "DA", "DT", "TM") or elem.keyword.endswith("ID"):
+                for v in (elem.value if elem.VM > 1 else [elem.value]):
+                    if v is not None and len(str(v)) >= 6:
+                        values.add(str(v))
+    return values
+
+
 @pytest.mark.slow
-def test_malformed_corpus_through_the_api(tmp_path):
+def test_malformed_corpus_through_the_api(tmp_path, caplog):
+    import logging
+
+    from prometheus_client import generate_latest
+
+    caplog.set_level(logging.DEBUG)
     series = make_small_series(tmp_path / "series", n=6)
     all_cases = cases(series)
     assert len(all_cases) >= 200
@@ -62,7 +81,7 @@ def test_malformed_corpus_through_the_api(tmp_path):
                         max_scan_bytes=64 * 1024**2) as st, \
             CoviaxClient(f"127.0.0.1:{st.port}", timeout=60, retries=0) as client:
         stub = pb_grpc.CoviaxStub(client.channel)
-        mishandled, answers, slowest = [], collections.Counter(), 0.0
+        mishandled, answers, slowest, replies = [], collections.Counter(), 0.0, []
         for case in chosen:
             started = time.monotonic()
             try:
@@ -70,6 +89,7 @@ def test_malformed_corpus_through_the_api(tmp_path):
                 code, message = "OK", "the scan was analysed"
             except grpc.RpcError as err:
                 code, message = err.code().name, err.details() or ""
+            replies.append(message)
             seconds = time.monotonic() - started
             slowest = max(slowest, seconds)
             answers[(case.kind, code)] += 1
@@ -86,3 +106,9 @@ def test_malformed_corpus_through_the_api(tmp_path):
         active = [j for state in (pb.RECEIVING, pb.QUEUED, pb.RUNNING)
                   for j in stub.ListJobs(pb.ListJobsRequest(state=state), timeout=30).jobs]
         assert not active
+        # no patient name, ID, date or time of the inputs in the replies, the server's log or its metrics
+        identifiers = _identifiers(series)
+        assert "Lung_Dx-A0001" in identifiers
+        said = "\n".join(replies) + caplog.text + generate_latest(st.server.metrics.registry).decode()
+        leaked = sorted(v for v in identifiers if v in said)
+        assert not leaked, f"identifiers in replies, logs or metrics: {leaked}"
