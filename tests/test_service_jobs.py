@@ -199,7 +199,7 @@ def test_a_panic_while_a_job_runs_fails_the_job_and_frees_its_slot(parts):
 def test_decode_instance_survives_a_decoder_panic(tmp_path, monkeypatch):
     import pydicom
 
-    from coviax_service.jobs.slices import decode_instance
+    from coviax_service.decoding import decode_instance
     from service_support import make_small_series
 
     path = sorted(make_small_series(tmp_path / "s", n=2).glob("*.dcm"))[0]
@@ -339,3 +339,38 @@ def test_an_idempotency_key_is_per_tenant(parts):
         assert existing and again.job_id == a.job_id
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------ decoder processes (issue 13, item 2)
+
+
+def test_a_decoder_process_over_its_memory_limit_fails_alone(tmp_path):
+    """A decode that asks for more than the limit fails with MemoryError in its process; one that kills its
+    process rebuilds the pool; the server's own memory does not grow; a real instance still decodes."""
+    import os
+    import resource
+
+    from coviax_service.decoding import DecoderPool
+    from service_support import make_small_series
+
+    path = sorted(make_small_series(tmp_path / "s", n=2).glob("*.dcm"))[0]
+    pool = DecoderPool(processes=1, memory_bytes=1024**3)
+    pool.start()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    async def main():
+        with pytest.raises(MemoryError):
+            await pool.run(bytearray, 3 * 1024**3)  # 3 GiB asked for in a 1 GiB process
+        from concurrent.futures.process import BrokenProcessPool
+
+        with pytest.raises(BrokenProcessPool):
+            await pool.run(os._exit, 3)  # a decoder that takes its process down
+        key, hu = await pool.decode(path)
+        assert hu.shape == (128, 128) and key
+        assert await pool.decode(tmp_path / "missing.dcm") is None
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.close()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 * 1024  # KiB: not the 3 GiB

@@ -52,8 +52,12 @@ def init_worker(progress_queue, server_pid: int | None = None) -> None:
     _progress_queue = progress_queue
     os.environ.setdefault("MPLBACKEND", "Agg")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    watched = server_pid if server_pid is not None else os.getppid()
-    threading.Thread(target=_exit_with_parent, args=(watched,), name="coviax-parent-watch", daemon=True).start()
+    start_parent_watch(server_pid if server_pid is not None else os.getppid())
+
+
+def start_parent_watch(server_pid: int) -> None:
+    """End this process within PARENT_CHECK_S seconds once ``server_pid`` is no longer its parent."""
+    threading.Thread(target=_exit_with_parent, args=(server_pid,), name="coviax-parent-watch", daemon=True).start()
 
 
 def _exit_with_parent(parent_pid: int) -> None:

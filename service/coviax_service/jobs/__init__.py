@@ -5,7 +5,8 @@ One module per responsibility (docs/SERVICE.md, "How a scan flows through the se
 - :mod:`.model`: :class:`JobState`, :class:`JobRequest`, :class:`JobOptions` (validated once), :class:`LiveJob`;
 - :mod:`.admission`: a Header becomes a job, or the job its idempotency key names; slots are reserved here;
 - :mod:`.uploads`: DICOM instances and raw slices to disk, checked against the limits;
-- :mod:`.slices`: slices to the shared slice engine while a scan arrives (:func:`decode_instance`);
+- :mod:`.slices`: slices to the shared slice engine while a scan arrives (decoded in memory-limited
+  processes, :mod:`coviax_service.decoding`);
 - :mod:`.runner`: the 3D step in the worker pool; ending jobs (FAILED, CANCELLED);
 - :mod:`.scheduler`: slots, jobs waiting for one, what a restart finds;
 - :mod:`.retention`: artifacts removed by age and total size;
@@ -18,6 +19,6 @@ converts them.
 
 from coviax_service.jobs.manager import JobManager
 from coviax_service.jobs.model import JobOptions, JobRecord, JobRequest, JobState, LiveJob
-from coviax_service.jobs.slices import decode_instance
+from coviax_service.decoding import decode_instance
 
 __all__ = ["JobManager", "JobOptions", "JobRecord", "JobRequest", "JobState", "LiveJob", "decode_instance"]

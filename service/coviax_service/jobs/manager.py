@@ -111,6 +111,7 @@ class JobManager:
             self.engine = await asyncio.to_thread(self._build_engine)
         if self.predictor is not None:
             self.slice_engine = UNetSliceEngine(self.engine)
+            self.predictor.decoder.start()
         else:
             self.runner.engine = self.engine
         self.queue = InferenceQueue(self.slice_engine, self.config.batch_slices, on_batch=self._on_batch)
@@ -149,6 +150,7 @@ class JobManager:
                    for _ in range(self.config.workers)]
         if self.slice_engine is not None:
             await self.queue.run_now(np.full((1, 512, 512), -1000, dtype=np.int16))
+            await self.predictor.decoder.warm_up()
         await asyncio.gather(*futures)
 
     def _describe(self) -> ServerDescription:
@@ -208,6 +210,8 @@ class JobManager:
                     p.terminate()
             for p in processes:
                 p.join(timeout=5)
+        if self.predictor is not None:
+            self.predictor.decoder.close()
         if self._progress_queue is not None:
             self._progress_queue.put(None)
             if self._progress_thread is not None:

@@ -1,6 +1,7 @@
 """Slices to the shared slice engine while a scan arrives (the U-Net), and back from it.
 
-Every complete instance is decoded in a thread (:func:`decode_instance`) and its
+Every complete instance is decoded in a decoder process with a memory limit
+(:class:`~coviax_service.decoding.DecoderPool`, :func:`decode_instance`) and its
 slice submitted to the shared :class:`~coviax_service.inference.InferenceQueue`;
 the predictions are kept on the job, keyed by SOPInstanceUID (``z:INDEX`` for
 raw slices), until the 3D step merges them with the lung cavity.
@@ -14,43 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from coviax_service.errors import PROCESS_EXITS
+from coviax_service.decoding import DecoderPool
 from coviax_service.jobs.model import LiveJob
 
 log = logging.getLogger("coviax.service")
 
 
-def decode_instance(path: Path) -> tuple[str, np.ndarray] | None:
-    """(SOPInstanceUID, HU slice) of one received CT instance, or None if it is not one we can decode here.
-
-    The HU come from :func:`coviax.scan.slice_to_hu`, the series reader's own conversion, so a
-    streamed slice gets the same prediction as the slice of the volume read after the upload.
-    A defect (including a decoder that panics) is left to that 3D read, which names it.
-    """
-    import pydicom
-
-    from coviax.scan import slice_to_hu
-
-    try:
-        ds = pydicom.dcmread(path, force=False)
-        if str(getattr(ds, "Modality", "")).upper() != "CT" or int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-            return None
-        hu = slice_to_hu(ds, path.name)
-    except PROCESS_EXITS:
-        raise
-    except BaseException:  # noqa: BLE001 - any defect, a Rust decoder's PanicException too: the 3D read judges it
-        return None
-    key = str(getattr(ds, "SOPInstanceUID", "")) or f"file:{path.name}"
-    return key, hu
-
-
 class SlicePredictor:
     """Feeds the slices of streamed (or, later, stored) scans to the shared queue of a slice engine."""
 
-    def __init__(self, config, store, scheduler):
+    def __init__(self, config, store, scheduler, decoder: DecoderPool | None = None):
         self.config = config
         self.store = store
         self.scheduler = scheduler
+        self.decoder = decoder or DecoderPool()
 
     @property
     def queue(self):
@@ -77,7 +55,7 @@ class SlicePredictor:
 
     async def _segment_instance(self, job: LiveJob, path: Path) -> None:
         try:
-            decoded = await asyncio.to_thread(decode_instance, path)
+            decoded = await self.decoder.decode(path)
         finally:
             job.extra -= 1
             await self.queue.release_extra(1)
