@@ -113,12 +113,17 @@ def test_lungmask_with_a_broken_file(sample_volume, tmp_path):
         segment_lungs(_small(sample_volume, 2), "lungmask", weights=str(bad))
 
 
-def test_auto_without_weights_falls_back_and_says_so(sample_volume, tmp_path, monkeypatch):
+def test_auto_without_lungmask_weights_uses_our_shipped_lung_network_and_says_so(sample_volume, tmp_path,
+                                                                                 monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.delenv("COVIAX_LUNGMASK_WEIGHTS", raising=False)
-    mask = segment_lungs(_small(sample_volume, 3), "auto")
-    assert mask.method == "classical"
-    assert "lungmask weights not found" in mask.notes[0]
+    mask = segment_lungs(sample_volume, "auto")
+    assert mask.method == "unet"
+    assert "lungmask weights not found" in mask.notes[0] and "used our lung network" in mask.notes[0]
+    litres = mask.cavity.sum() * sample_volume.voxel_volume_ml / 1000
+    assert 3.0 < litres < 6.0  # this adult's lungs (the classical method: 4.2-5.5 L with or without closing)
+    counts = mask.voxel_counts()
+    assert 0.35 < counts["right"] / (counts["right"] + counts["left"]) < 0.7
 
 
 def test_unknown_method():

@@ -37,7 +37,12 @@ from coviax.labels import Label
 PHANTOMS = (
     (200, "mild", 0.0), (201, "moderate", 25.0), (202, "severe", 0.0), (203, "critical", 10.0),
     (204, "moderate", 0.0), (205, "mild", 25.0), (206, "severe", 25.0),
+    (207, "none", 15.0), (208, "none", 30.0),  # the clean scan with low-dose noise: more hard negatives
 )
+#: Slices without lesions (the hard negatives) are drawn this often, as often as slices with
+#: consolidation (1 + 2 k with the loop's lesion_oversample k = 2): on healthy lungs the partial-volume
+#: band at the pleura, dependent density and streaks must be seen as often as lesions are.
+HARD_NEGATIVE_DRAW_WEIGHT = 5.0
 VALIDATION_PHANTOM = (290, "moderate", 10.0)  # per training patient, validation only
 GTV_CONSOLIDATION_HU = -300.0
 GTV_GGO_HU = -750.0
@@ -116,6 +121,8 @@ def build_arrays(case_ids: list[str], input_size: int, out_dir: Path, reporter) 
                 slices.corrected += [False] * n
                 info[f"{split}_scans"].append(ex["scan"])
         arrays = to_network_arrays(slices, input_size)
+        lesion_free = ~((arrays["y"] >= Label.GGO).reshape(len(slices), -1).any(axis=1))
+        arrays["draw_weight"] = np.where(lesion_free, HARD_NEGATIVE_DRAW_WEIGHT, 1.0).astype(np.float32)
         path = out_dir / f"{split}.npz"
         np.savez(path, **arrays)
         info[split] = str(path)
@@ -155,6 +162,10 @@ def card_markdown(name: str, recipe: dict, sha: str, size_mb: float, evaluation:
     model = recipe["model"]
     data = recipe["data"]
     heldout = sorted({c.patient for c in realdata.CASES if c.role == "heldout"})
+    scans = data["train_scans"]
+    noisy_negatives = any("-none" in scan for scan in scans)
+    weighted = recipe.get("hard_negative_draw_weight") is not None
+    n_phantoms = len({scan.split("/")[1] for scan in scans if "/phantom-" in scan and "-none" not in scan})
     lines = [
         f"# Model card: {name}", "", f"**{RESEARCH_USE_NOTICE}**", "",
         "## Model", "",
@@ -170,13 +181,16 @@ def card_markdown(name: str, recipe: dict, sha: str, size_mb: float, evaluation:
         f"({', '.join(data['train_scans'])}); {data['val_slices']} validation slices (one extra phantom per "
         "training patient)",
         "- per training patient: the clean scan (every lung voxel healthy lung, or vessel above -500 HU: the hard "
-        "negatives), 7 hybrid phantoms (training seeds 200-206, mild to critical, 0-25 HU noise) with the "
+        "negatives" + (", also with 15 and 30 HU of added noise, seeds 207-208" if noisy_negatives else "")
+        + (f"; lesion-free slices drawn {HARD_NEGATIVE_DRAW_WEIGHT:g}x as often as others" if weighted else "")
+        + f"), {n_phantoms} hybrid phantoms (training seeds 200-206, mild to critical, 0-25 HU noise) with the "
         "generator's exact labels on the patient's reference lung, and the outlined tumour (pycerr GTV) as "
         "consolidation above -300 HU and GGO from -750 to -300 HU",
         "- target: " + ("the reference lung (the lung before lesions were inserted; tumours inside) -- inputs "
                         "include the phantoms' pleural consolidation" if task == "lungs" else
                         "the exact labels inside the reference lung, background outside"),
-        f"- label shares in the training slices: {data.get('train_label_fraction')}",
+        f"- label shares in the training slices (codes 0-4): {data.get('train_label_fraction')}"
+        + (" (the lung network's target is codes 1-4 together)" if task == "lungs" else ""),
         f"- {recipe['train_config']['epochs']} epochs x {recipe['train_config']['samples_per_epoch']} slices, batch "
         f"{recipe['train_config']['batch_size']}, Dice + CE with sqrt-inverse class weights, augmentation: "
         f"{recipe['train_config']['augmentation']}; {recipe['seconds']:.0f} s on the 2-core CPU machine",
@@ -190,7 +204,7 @@ def card_markdown(name: str, recipe: dict, sha: str, size_mb: float, evaluation:
     else:
         lines.append("- not yet measured: run `make eval` (eval/RESULTS.md)")
     lines += ["", "## Limits", "",
-              "- Four training patients' anatomy, three scanners; synthetic COVID-like lesions and real tumours, "
+              f"- {len(recipe['patients'])} training patients' anatomy; synthetic COVID-like lesions and real tumours, "
               "no real COVID-19 lesion. Accuracy on COVID-19 patients is not measured.",
               "- Slices are resized whole to the input size, so a field of view very different from the training "
               "scans (0.98-2.2 mm per network pixel) changes the apparent lesion size.", ""]
@@ -202,6 +216,9 @@ def install(run: Path, name: str, evaluation: list[str] | None = None) -> Path:
     from coviax.lesions.unet_model import file_sha256
 
     recipe = json.loads((run / "recipe.json").read_text())
+    with np.load(run / "data" / "train.npz") as z:  # the slices it really drew
+        weighted = "draw_weight" in z.files
+    recipe["hard_negative_draw_weight"] = HARD_NEGATIVE_DRAW_WEIGHT if weighted else None
     target = Path(__file__).resolve().parents[2] / "coviax" / "models"
     weights = target / f"{name}.pt"
     weights.write_bytes((run / "model.pt").read_bytes())
@@ -265,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": tcfg.cpus_per_worker, "class_weights": info["class_weights"],
     }
     history = fit(stage, loop_cfg, tcfg, out / "ray", out, reporter)
-    meta = {"recipe": "exact", "task": args.task, "model": loop_cfg["model"], "patients": cases, "data": {k: v for k, v in info.items() if k not in ("train", "val")},
+    meta = {"recipe": "exact", "task": args.task, "model": loop_cfg["model"], "patients": cases,
+            "data": {k: v for k, v in info.items() if k not in ("train", "val")},
             "train_config": dataclasses.asdict(tcfg), "history": history,
             "seconds": round(time.perf_counter() - t0, 1)}
     (out / "recipe.json").write_text(json.dumps(meta, indent=1))

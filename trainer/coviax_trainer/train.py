@@ -188,6 +188,7 @@ def train_loop(cfg: dict) -> None:
 
     with np.load(cfg["train_data"]) as z:
         x_all, y_all = torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
+        given_weights = torch.from_numpy(z["draw_weight"]).float() if "draw_weight" in z.files else None
     with np.load(cfg["val_data"]) as z:
         xv, yv, lv = torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), torch.from_numpy(z["lung"])
     n = len(x_all)
@@ -197,6 +198,8 @@ def train_loop(cfg: dict) -> None:
     has_cons = (flat == 4).any(dim=1).float()
     k = float(t["lesion_oversample"])
     draw_weights = 1.0 + k * has_lesion + k * has_cons
+    if given_weights is not None:  # the data's own weights, e.g. hard negatives drawn as often as lesions
+        draw_weights = torch.maximum(draw_weights, given_weights)
     class_weights = cfg.get("class_weights") if t["class_weights"] == "sqrt_inverse" else None
     steps_per_epoch = max(1, math.ceil(per_epoch / world / t["batch_size"]))
     total_steps = steps_per_epoch * t["epochs"]
