@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from coviax.lungs import LUNG_METHODS
+
 
 def add_serve_parser(sub) -> None:
     p = sub.add_parser(
@@ -23,7 +25,7 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--engine", choices=["kmeans", "unet"], help="lesion engine (COVIAX_ENGINE, default kmeans)")
     p.add_argument("--device", help="cpu or cuda (COVIAX_DEVICE, default cpu)")
     p.add_argument("--weights", help="U-Net checkpoint (COVIAX_WEIGHTS, default the shipped U-Net B)")
-    p.add_argument("--lungs", choices=["auto", "lungmask", "classical"], help="default lung method (COVIAX_LUNGS, default auto)")
+    p.add_argument("--lungs", choices=list(LUNG_METHODS), help="default lung method (COVIAX_LUNGS, default auto)")
     p.add_argument("--tokens-file", help="bearer tokens, one per line (COVIAX_TOKENS_FILE); none = no auth")
     p.add_argument("--tls-cert", help="server certificate, PEM (COVIAX_TLS_CERT)")
     p.add_argument("--tls-key", help="server private key, PEM (COVIAX_TLS_KEY)")

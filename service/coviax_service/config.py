@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coviax.errors import OptionError
+from coviax.lungs import LUNG_METHODS
 
 GiB = 1024**3
 
@@ -45,8 +46,8 @@ class ServiceConfig:
     def validate(self) -> None:
         if self.engine not in ("kmeans", "unet"):
             raise OptionError(f"COVIAX_ENGINE/--engine {self.engine!r}: choose kmeans or unet")
-        if self.lungs not in ("auto", "lungmask", "classical"):
-            raise OptionError(f"COVIAX_LUNGS/--lungs {self.lungs!r}: choose auto, lungmask or classical")
+        if self.lungs not in LUNG_METHODS:
+            raise OptionError(f"COVIAX_LUNGS/--lungs {self.lungs!r}: choose {', '.join(LUNG_METHODS)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise OptionError(f"COVIAX_DEVICE/--device {self.device!r}: choose cpu or cuda")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -36,6 +36,7 @@ class Admission:
     def resolve_options(self, request: JobRequest) -> JobOptions:
         """The job's options from the request and the server defaults; FAILED_PRECONDITION if they cannot be met."""
         from coviax.lungs import lungmask_adapter
+        from coviax.lungs import unet as lung_unet
 
         device, model, notes = self.describe()
         engine = request.engine or self.config.engine
@@ -53,6 +54,9 @@ class Admission:
                                      model=model, model_notes=notes)
         if options.lungs == "lungmask" and lungmask_adapter.find_weights("R231") is None:
             raise Unsupported("lungs=lungmask asked for, but the lungmask weights are not on this server; "
+                              "use lungs=auto or lungs=classical")
+        if options.lungs == "unet" and lung_unet.find_weights() is None:
+            raise Unsupported("lungs=unet asked for, but the lung network's weights are not on this server; "
                               "use lungs=auto or lungs=classical")
         for name, limit in TEXT_LIMITS:
             value = getattr(request, name)

@@ -154,9 +154,10 @@ class JobManager:
         await asyncio.gather(*futures)
 
     def _describe(self) -> ServerDescription:
-        from coviax.lungs import lungmask_adapter
+        from coviax.lungs import lungmask_adapter, unet
 
-        lung_methods = ("auto", "classical") + (("lungmask",) if lungmask_adapter.find_weights("R231") else ())
+        lung_methods = (("auto", "classical") + (("lungmask",) if lungmask_adapter.find_weights("R231") else ())
+                        + (("unet",) if unet.find_weights() else ()))
         if self.slice_engine is not None:
             info = self.slice_engine.model_info()
             engine, model, weights_sha, card, device = "unet", info.model, info.weights_sha256, info.card, info.device
