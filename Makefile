@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data test run bench eval proto clean lint train-exact train-lungs corpus crashtest
+.PHONY: setup data test run bench eval proto clean lint train-exact train-lungs corpus crashtest soak
 
 # The CPU build of torch is pinned first: a bare `torch` requirement would pull a
 # multi-GB CUDA build. On a GPU machine see README "GPU install".
@@ -41,6 +41,13 @@ corpus: $(STAMP)
 KILLS ?= 100
 crashtest: $(STAMP)
 	COVIAX_CRASH_KILLS=$(KILLS) $(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=0 tests/test_service_crash.py
+
+# 8 clients on loopback for MINUTES (default 30) of mixed traffic (malformed, abandoned, short deadlines,
+# cancels); fails on unexpected statuses, RSS growth over 5 %, fd growth, metrics != job rows, jobs left
+# active. `make test` runs 3 minutes.
+MINUTES ?= 30
+soak: $(STAMP)
+	COVIAX_SOAK_SECONDS=$$(( $(MINUTES) * 60 )) $(BIN)/python -m pytest -q -s -p no:cacheprovider -o timeout=0 tests/test_service_soak.py
 
 # The service on localhost with embedded defaults, the demo client on the bundled
 # real chest CT, artifacts in ./out, server stopped at the end (Ctrl-C stops all).
