@@ -154,14 +154,20 @@ def lung_task_arrays(info: dict, data_dir: Path) -> dict:
     return out
 
 
+def heldout_patients() -> list[str]:
+    from coviax import realdata
+
+    return sorted({c.patient for c in realdata.CASES if c.role != TRAIN_PATIENT_ROLE})
+
+
 def card_markdown(name: str, recipe: dict, sha: str, size_mb: float, evaluation: dict | None) -> str:
     """The model card of a network trained by this recipe: what it saw, what it was measured on."""
-    from coviax import RESEARCH_USE_NOTICE, realdata
+    from coviax import RESEARCH_USE_NOTICE
 
     task = recipe["task"]
     model = recipe["model"]
     data = recipe["data"]
-    heldout = sorted({c.patient for c in realdata.CASES if c.role == "heldout"})
+    heldout = heldout_patients()
     scans = data["train_scans"]
     noisy_negatives = any("-none" in scan for scan in scans)
     weighted = recipe.get("hard_negative_draw_weight") is not None
@@ -221,7 +227,16 @@ def install(run: Path, name: str, evaluation: list[str] | None = None) -> Path:
     recipe["hard_negative_draw_weight"] = HARD_NEGATIVE_DRAW_WEIGHT if weighted else None
     target = Path(__file__).resolve().parents[2] / "coviax" / "models"
     weights = target / f"{name}.pt"
-    weights.write_bytes((run / "model.pt").read_bytes())
+    import torch
+
+    payload = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    heldout = heldout_patients()
+    payload["meta"] = {**payload.get("meta", {}), "name": name, "recipe": "exact-label (coviax_trainer.supervised)",
+                       "model_card": f"{name}: 2D U-Net trained on exact labels of training patients "
+                       f"{', '.join(recipe['patients'])} (hybrid phantoms, clean scans, outlined tumours); held-out "
+                       f"patients {', '.join(heldout)} never read. Full card: coviax/models/{name}.card.md. "
+                       "Research use only; not a medical device."}
+    torch.save(payload, weights)
     sha = file_sha256(weights)
     card = card_markdown(name, recipe, sha, weights.stat().st_size / 1e6, evaluation)
     (target / f"{name}.card.md").write_text(card)
