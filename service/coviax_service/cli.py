@@ -22,7 +22,7 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--port", type=int, help="gRPC port (COVIAX_PORT, default 50051)")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port, 0 = off (COVIAX_METRICS_PORT, default 9090)")
     p.add_argument("--data-dir", help="jobs database and artifacts (COVIAX_DATA_DIR, default ./coviax-data)")
-    p.add_argument("--engine", choices=["kmeans", "unet"], help="lesion engine (COVIAX_ENGINE, default kmeans)")
+    p.add_argument("--engine", choices=["kmeans", "unet"], help="lesion engine (COVIAX_ENGINE, default unet: the shipped U-Net B; kmeans needs no weights)")
     p.add_argument("--device", help="cpu or cuda (COVIAX_DEVICE, default cpu)")
     p.add_argument("--weights", help="U-Net checkpoint (COVIAX_WEIGHTS, default the shipped U-Net B)")
     p.add_argument("--lungs", choices=list(LUNG_METHODS), help="default lung method (COVIAX_LUNGS, default auto)")
