@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data test run bench eval proto clean lint train-exact train-lungs corpus crashtest soak
+.PHONY: setup data test run bench eval proto clean lint train-exact train-lungs corpus crashtest soak fuzz
 
 # The CPU build of torch is pinned first: a bare `torch` requirement would pull a
 # multi-GB CUDA build. On a GPU machine see README "GPU install".
@@ -45,6 +45,13 @@ crashtest: $(STAMP)
 # 8 clients on loopback for MINUTES (default 30) of mixed traffic (malformed, abandoned, short deadlines,
 # cancels); fails on unexpected statuses, RSS growth over 5 %, fd growth, metrics != job rows, jobs left
 # active. `make test` runs 3 minutes.
+# atheris on the scan reader and on request decoding (tests/fuzz/), FUZZ_SECONDS each (default 900);
+# findings land in tests/fuzz/regressions/, which `make test` replays (tests/test_fuzz_regressions.py).
+FUZZ_SECONDS ?= 900
+fuzz: $(STAMP)
+	$(BIN)/pip install -q atheris==3.0.0
+	$(BIN)/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
+
 MINUTES ?= 30
 soak: $(STAMP)
 	COVIAX_SOAK_SECONDS=$$(( $(MINUTES) * 60 )) $(BIN)/python -m pytest -q -s -p no:cacheprovider -o timeout=0 tests/test_service_soak.py
