@@ -208,17 +208,23 @@ def fill_lung_holes(labels: np.ndarray) -> np.ndarray:
     enclosed by that lung. Nothing outside a lung's outline is added. The per-slice pass matters where
     dense lung reaches the first or last slice of the scan, which no 3D fill can close."""
     out = labels.copy()
+    for lung, box, sub in _each_lung_hole_filled(labels):
+        for z in range(sub.shape[0]):
+            sub[z] = fill_voids.fill(sub[z], in_place=False)
+        region = out[box]
+        region[sub & (region == 0)] = lung
+    return out
+
+
+def _each_lung_hole_filled(labels: np.ndarray):
+    """For each lung present: its code, its bounding box, and its mask in that box with 3D holes filled."""
     for lung in (RIGHT_LUNG, LEFT_LUNG):
         mask = labels == lung
         if not mask.any():
             continue
         z0, z1, y0, y1, x0, x1 = _bbox(mask, pad=0)
-        sub = fill_voids.fill(mask[z0:z1, y0:y1, x0:x1], in_place=False)
-        for z in range(sub.shape[0]):
-            sub[z] = fill_voids.fill(sub[z], in_place=False)
-        region = out[z0:z1, y0:y1, x0:x1]
-        region[sub & (region == 0)] = lung
-    return out
+        box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+        yield lung, box, fill_voids.fill(mask[box], in_place=False)
 
 
 def fill_pleural_lesions(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, volume) -> np.ndarray:
@@ -233,18 +239,13 @@ def fill_pleural_lesions(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, v
     out = labels.copy()
     sy, sx = volume.spacing_zyx[1], volume.spacing_zyx[2]
     pad = int(np.ceil(PLEURA_CLOSING_MM / min(sy, sx))) + 2
-    for lung in (RIGHT_LUNG, LEFT_LUNG):
-        mask = labels == lung
-        if not mask.any():
-            continue
-        z0, z1, y0, y1, x0, x1 = _bbox(mask, pad=0)
-        sub = fill_voids.fill(mask[z0:z1, y0:y1, x0:x1], in_place=False)
+    for lung, box, sub in _each_lung_hole_filled(labels):
         closed = np.zeros_like(sub)
         for z in range(sub.shape[0]):
             if sub[z].any():
                 closed[z] = _close_slice(sub[z], PLEURA_CLOSING_MM, (sy, sx), pad)
-        allowed = body[z0:z1, y0:y1, x0:x1] & (hu[z0:z1, y0:y1, x0:x1] < BONE_HU)
-        region = out[z0:z1, y0:y1, x0:x1]
+        allowed = body[box] & (hu[box] < BONE_HU)
+        region = out[box]
         add = (sub | (closed & allowed)) & (region == 0)
         region[add] = lung
     return out
