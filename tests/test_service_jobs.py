@@ -44,7 +44,7 @@ class Parts:
         self.lifecycle = Lifecycle(ready=True)
         self.live: dict[str, LiveJob] = {}
         self.scheduler = Scheduler(self.config, self.metrics, self.lifecycle, self.live)
-        self.admission = Admission(self.config, self.store, self.scheduler, self.lifecycle, self.live,
+        self.admission = Admission(self.config, self.store, self.metrics, self.scheduler, self.lifecycle, self.live,
                                    lambda: ("cpu", "kmeans:unsupervised", ()))
         self.runner = Runner(self.config, self.store, self.metrics, self.scheduler, self.lifecycle, self.live)
 
@@ -374,3 +374,87 @@ def test_a_decoder_process_over_its_memory_limit_fails_alone(tmp_path):
     finally:
         pool.close()
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 * 1024  # KiB: not the 3 GiB
+
+
+# ------------------------------------------------------------------ a cancel during a step (the soak's double count)
+
+
+@pytest.mark.parametrize("during", ["fsync", "row"])
+def test_a_job_cancelled_while_its_upload_completes_stays_cancelled_and_counts_once(parts, during):
+    """CancelJob (or the client's deadline) while the upload's fsync or its QUEUED row write is in flight.
+
+    Before the fix the upload step carried on: it set the job QUEUED and started it, the job ran to DONE,
+    and coviax_results_total counted it CANCELLED and OK (the soak's CANCELLED 107 against 106 rows).
+    """
+    import threading
+
+    from coviax_service.errors import JobCancelled
+    from coviax_service.jobs.uploads import Uploads
+
+    started: list[LiveJob] = []
+    uploads = Uploads(parts.config, parts.store, parts.metrics, parts.scheduler, None, started.append)
+    in_step, release = threading.Event(), threading.Event()
+
+    def blocking(real):
+        def step(*args, **kwargs):
+            in_step.set()
+            release.wait(10)
+            return real(*args, **kwargs)
+        return step
+
+    if during == "fsync":
+        uploads._fsync_input = blocking(uploads._fsync_input)
+    else:
+        parts.store.update = blocking(parts.store.update)
+
+    def counted(code: str) -> float:
+        return parts.metrics.results.labels(code=code)._value.get()
+
+    async def main():
+        job, _ = await parts.admission.admit(JobRequest(idempotency_key="cancel-me"), streaming=True)
+        uploads.instance_path(job.job_id, 0).write_bytes(b"\0" * 128)
+        job.received, job.upload.kind = 1, "dicom"
+        complete = asyncio.ensure_future(uploads.complete(job))
+        await asyncio.to_thread(in_step.wait, 10)
+        cancel = asyncio.ensure_future(parts.runner.cancel(job, "cancelled by CancelJob"))
+        await asyncio.sleep(0.05)
+        release.set()
+        with pytest.raises(JobCancelled):
+            await complete
+        await cancel
+        assert job.state == JobState.CANCELLED and not started
+        row = parts.store.call_sync(parts.store.get, job.job_id)
+        assert (row["state"], row["error_code"]) == ("CANCELLED", "CANCELLED")
+        assert (counted("CANCELLED"), counted("OK")) == (1.0, 0.0)
+        assert not parts.scheduler.holders
+
+    asyncio.run(main())
+
+
+def test_a_client_gone_while_its_row_is_written_leaves_no_receiving_row(parts):
+    """The Header's handler is cancelled during the row's insert: the row ends FAILED (CANCELLED), counted once."""
+    import threading
+
+    insert = parts.store.create_job
+    in_insert, release = threading.Event(), threading.Event()
+
+    def slow_insert(row):
+        in_insert.set()
+        release.wait(10)
+        return insert(row)
+
+    parts.store.create_job = slow_insert
+
+    async def main():
+        admit = asyncio.ensure_future(parts.admission.admit(JobRequest(idempotency_key="gone"), streaming=True))
+        await asyncio.to_thread(in_insert.wait, 10)
+        admit.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await admit
+        [row] = parts.rows()
+        assert (row["state"], row["error_code"]) == ("FAILED", "CANCELLED")
+        assert parts.metrics.results.labels(code="CANCELLED")._value.get() == 1.0
+        assert not parts.scheduler.holders and parts.scheduler.reserved == 0 and not parts.live
+
+    asyncio.run(main())

@@ -24,10 +24,11 @@ log = logging.getLogger("coviax.service")
 class Admission:
     """``describe``: a callable giving the running engine's (device, model id, model notes)."""
 
-    def __init__(self, config, store, scheduler: Scheduler, lifecycle: Lifecycle, live: dict[str, LiveJob],
+    def __init__(self, config, store, metrics, scheduler: Scheduler, lifecycle: Lifecycle, live: dict[str, LiveJob],
                  describe):
         self.config = config
         self.store = store
+        self.metrics = metrics
         self.scheduler = scheduler
         self.lifecycle = lifecycle
         self.live = live
@@ -102,11 +103,20 @@ class Admission:
     async def _create(self, request: JobRequest, options: JobOptions, streaming: bool,
                       batch_id: str) -> tuple[LiveJob | dict, bool]:
         job_id = uuid.uuid4().hex
-        row = await self.store.call(self.store.create_job, {
+        insert = asyncio.ensure_future(self.store.call(self.store.create_job, {
             "job_id": job_id, "idempotency_key": request.scoped_key, "batch_id": batch_id or request.batch_id,
             "client_ref": request.client_ref, "options": options.to_dict(),
             "expected": request.expected_instances or 0, "tenant": request.tenant,
-        })
+        }))
+        try:
+            row = await asyncio.shield(insert)
+        except asyncio.CancelledError as gone:
+            # The client went away while its row was being written: the write goes on in the store's
+            # thread, and a row written must end FAILED, never stay RECEIVING with nobody to finish it.
+            row = await asyncio.shield(insert)
+            if not row["existing"]:
+                await self._refuse(job_id, gone)
+            raise
         if row["existing"]:  # a concurrent request with the same key won the race
             return (self.live.get(row["job_id"]) or row), True
         try:
@@ -123,7 +133,13 @@ class Admission:
         """The row of a job refused after it was written: FAILED (so its key can be used again), files gone."""
         import shutil
 
-        code, message = classify(exc, job_id) if isinstance(exc, Exception) else ("UNAVAILABLE", "the server stopped")
+        if isinstance(exc, asyncio.CancelledError):
+            code, message = "CANCELLED", "the client went away before its scan was accepted"
+        elif isinstance(exc, Exception):
+            code, message = classify(exc, job_id)
+        else:
+            code, message = "UNAVAILABLE", "the server stopped"
+        self.metrics.results.labels(code=code).inc()  # a finished row like any other (metrics == rows)
         await asyncio.to_thread(shutil.rmtree, self.store.job_dir(job_id), True)
         try:
             await asyncio.shield(self.store.call(lambda: self.store.update(

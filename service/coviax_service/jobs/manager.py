@@ -65,7 +65,8 @@ class JobManager:
         self.retention = Retention(config, self.store)
         self.runner = Runner(config, self.store, metrics, self.scheduler, self.lifecycle, self.live,
                              predictor=self.predictor, on_done=self._after_done)
-        self.admission = Admission(config, self.store, self.scheduler, self.lifecycle, self.live, self._engine_facts)
+        self.admission = Admission(config, self.store, metrics, self.scheduler, self.lifecycle, self.live,
+                                   self._engine_facts)
         self.uploads = Uploads(config, self.store, metrics, self.scheduler, self.predictor, self.runner.start)
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from coviax.pipeline import SegmentOptions
+from coviax_service.errors import JobCancelled
 
 
 class JobState(enum.StrEnum):
@@ -177,6 +178,18 @@ class LiveJob:
     @property
     def terminal(self) -> bool:
         return self.state.terminal
+
+    def advance(self, state: JobState) -> None:
+        """Move on to ``state`` (QUEUED, RUNNING, DONE), unless the job has ended meanwhile.
+
+        Every step of a job awaits something (a disk write, a row, the worker), and a cancel can end
+        the job during any of them. A step that then carried on would bring the CANCELLED job back
+        to life, run it, and count it twice (once CANCELLED, once OK). Raises
+        :class:`~coviax_service.errors.JobCancelled` instead.
+        """
+        if self.terminal:
+            raise JobCancelled(f"the job ended ({self.state.lower()}) before it became {state.lower()}")
+        self.state = state
 
     # ---- events: ("progress", Progress) | ("done", job_id, report, artifact rows) | ("error", code, message)
 

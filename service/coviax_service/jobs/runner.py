@@ -45,7 +45,7 @@ class Runner:
 
     async def run(self, job: LiveJob) -> None:
         try:
-            job.state = JobState.RUNNING
+            job.advance(JobState.RUNNING)
             job.attempt = await self.store.call(self.store.start_attempt, job.job_id)
             job.emit_progress()
             outcome = await self._analyse(job)
@@ -90,7 +90,8 @@ class Runner:
 
     async def _finish(self, job: LiveJob, report: dict, artifacts: list[dict]) -> None:
         await self.store.call(self.store.finish_done, job.job_id, report, artifacts)
-        job.state, job.stage = JobState.DONE, "done"
+        job.advance(JobState.DONE)  # a cancel during the row's write has ended it (its row: CANCELLED)
+        job.stage = "done"
         job.segmented = job.received
         for stage, seconds in report.get("timings_s", {}).items():
             self.metrics.stage_seconds.labels(stage=stage).observe(float(seconds))

@@ -169,12 +169,21 @@ class Uploads:
             (self.store.job_dir(job.job_id) / "input" / "geometry.json").write_text(json.dumps(up.raw_geometry))
         if job.received == 0:
             raise InvalidRequest("the upload holds no DICOM instance and no raw slice")
-        await asyncio.to_thread(self._fsync_input, job.job_id)
+        try:
+            await asyncio.to_thread(self._fsync_input, job.job_id)
+        except OSError:
+            if job.terminal:  # cancelled meanwhile, and its files removed
+                raise JobCancelled("the job was cancelled") from None
+            raise
+        # A cancel (CancelJob, the client's deadline) may have ended the job during the fsync: then
+        # it must stay CANCELLED, not be queued and run (advance raises JobCancelled).
+        job.advance(JobState.QUEUED)
         job.upload_complete = True
-        job.state = JobState.QUEUED
         self.metrics.stage_seconds.labels(stage="upload").observe(time.perf_counter() - job.started)
         await self.store.call(lambda: self.store.update(
             job.job_id, upload_complete=1, state=JobState.QUEUED.value, instances=job.received, bytes=job.bytes))
+        if job.terminal:  # cancelled while the row was written; end() wrote CANCELLED after it
+            raise JobCancelled("the job was cancelled")
         log.info("job %s upload complete: %d slices, %d bytes", job.job_id, job.received, job.bytes)
         if job.streaming:
             self.on_complete(job)
