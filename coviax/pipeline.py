@@ -29,8 +29,8 @@ Progress = Callable[[str, str], None]
 
 @dataclass
 class SegmentOptions:
-    lungs: str = "auto"  # auto | lungmask | classical
-    engine: str = "unet"  # unet (shipped U-Net B) | kmeans | threshold
+    lungs: str = LUNG_METHODS[0]  # auto; one of LUNG_METHODS
+    engine: str = ENGINES[0]  # unet (the shipped U-Net B); one of ENGINES
     weights: str | None = None  # U-Net checkpoint
     lung_weights: str | None = None  # lungmask weights
     device: str = "cpu"

@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 NOTICE = "Research use only. COViaX is not a medical device."
+#: The server's lung methods: ``coviax.lungs.LUNG_METHODS``, copied because the client does not import
+#: the core; tests/test_settings.py fails if the two differ.
+LUNG_METHODS = ("auto", "lungmask", "unet", "classical")
 
 
 def _client(args, **kwargs):
@@ -284,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true")
 
     scan_opts = argparse.ArgumentParser(add_help=False)
-    scan_opts.add_argument("--lungs", choices=["auto", "lungmask", "classical"], help="lung method (server default if unset)")
+    scan_opts.add_argument("--lungs", choices=list(LUNG_METHODS), help="lung method (server default if unset)")
     scan_opts.add_argument("--outputs", help="comma-separated, e.g. report,nifti,seg,png (all the server has: `info`; default all)")
     scan_opts.add_argument("--blobs", type=int, help="largest lesion blobs to list (default 10)")
     scan_opts.add_argument("--deidentify", action="store_true",

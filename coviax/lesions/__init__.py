@@ -24,7 +24,10 @@ import numpy as np
 
 from coviax.errors import OptionError
 
-ENGINES = ("kmeans", "unet", "threshold")
+#: The product's engines (``coviax segment``, ``coviax serve``), the default first.
+SERVED_ENGINES = ("unet", "kmeans")
+#: Every engine :func:`make_engine` builds: the product's and the baseline of ``make eval``.
+ENGINES = SERVED_ENGINES + ("threshold",)
 
 
 @dataclass

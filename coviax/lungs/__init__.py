@@ -24,6 +24,8 @@ import numpy as np
 from coviax.errors import OptionError
 from coviax.labels import LEFT_LUNG, RIGHT_LUNG
 
+#: Every lung method, the default first. The client keeps a copy (it does not import the core);
+#: tests/test_settings.py checks that they agree.
 LUNG_METHODS = ("auto", "lungmask", "unet", "classical")
 
 

@@ -1,6 +1,7 @@
 """Service settings: command-line flags first, then ``COVIAX_*`` environment variables, then defaults.
 
-The table of every setting is in docs/SERVICE.md "Configuration"; the
+The defaults are here (:class:`ServiceConfig`); the flags, the environment variables and the table
+of docs/SERVICE.md "Configuration" are made from :data:`coviax_service.settings.SETTINGS`. The
 Dockerfiles and k8s/base/configmap.yaml set the environment variables.
 """
 
@@ -11,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coviax.errors import OptionError
+from coviax.lesions import SERVED_ENGINES
 from coviax.lungs import LUNG_METHODS
+from coviax_service.settings import SETTINGS, TOKENS_ENV
 
 GiB = 1024**3
 
@@ -22,10 +25,10 @@ class ServiceConfig:
     host: str = "[::]"
     port: int = 50051
     metrics_port: int = 9090  # 0 = no metrics endpoint
-    engine: str = "unet"  # unet (shipped U-Net B) | kmeans
+    engine: str = SERVED_ENGINES[0]  # unet (shipped U-Net B) | kmeans
     device: str = "cpu"  # cpu | cuda
     weights: str | None = None  # U-Net checkpoint (default: the shipped U-Net B)
-    lungs: str = "auto"  # default lung method: auto | lungmask | classical
+    lungs: str = LUNG_METHODS[0]  # default lung method (auto), one of LUNG_METHODS
     tokens_file: str | None = None
     tokens: tuple[str, ...] = ()
     tls_cert: str | None = None
@@ -44,8 +47,8 @@ class ServiceConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.engine not in ("kmeans", "unet"):
-            raise OptionError(f"COVIAX_ENGINE/--engine {self.engine!r}: choose kmeans or unet")
+        if self.engine not in SERVED_ENGINES:
+            raise OptionError(f"COVIAX_ENGINE/--engine {self.engine!r}: choose {' or '.join(SERVED_ENGINES)}")
         if self.lungs not in LUNG_METHODS:
             raise OptionError(f"COVIAX_LUNGS/--lungs {self.lungs!r}: choose {', '.join(LUNG_METHODS)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -83,32 +86,6 @@ class ServiceConfig:
         return credentials
 
 
-#: (attribute, environment variable, type) of every setting read from the environment.
-ENV_VARS = (
-    ("host", "COVIAX_HOST", str),
-    ("port", "COVIAX_PORT", int),
-    ("metrics_port", "COVIAX_METRICS_PORT", int),
-    ("data_dir", "COVIAX_DATA_DIR", Path),
-    ("engine", "COVIAX_ENGINE", str),
-    ("device", "COVIAX_DEVICE", str),
-    ("weights", "COVIAX_WEIGHTS", str),
-    ("lungs", "COVIAX_LUNGS", str),
-    ("tokens_file", "COVIAX_TOKENS_FILE", str),
-    ("tls_cert", "COVIAX_TLS_CERT", str),
-    ("tls_key", "COVIAX_TLS_KEY", str),
-    ("tls_client_ca", "COVIAX_TLS_CLIENT_CA", str),
-    ("max_concurrent_scans", "COVIAX_MAX_CONCURRENT_SCANS", int),
-    ("workers", "COVIAX_WORKERS", int),
-    ("max_queued_slices", "COVIAX_MAX_QUEUED_SLICES", int),
-    ("max_scan_bytes", "COVIAX_MAX_SCAN_BYTES", int),
-    ("max_slices", "COVIAX_MAX_SLICES", int),
-    ("batch_slices", "COVIAX_BATCH_SLICES", int),
-    ("retention_days", "COVIAX_RETENTION_DAYS", float),
-    ("retention_max_bytes", "COVIAX_RETENTION_MAX_BYTES", int),
-    ("drain_seconds", "COVIAX_DRAIN_SECONDS", float),
-)
-
-
 def from_env_and_flags(flags: dict | None = None, environ: dict | None = None) -> ServiceConfig:
     """Build a config: a flag that is not None wins over its environment variable, which wins over the default.
 
@@ -117,17 +94,17 @@ def from_env_and_flags(flags: dict | None = None, environ: dict | None = None) -
     environ = os.environ if environ is None else environ
     flags = flags or {}
     config = ServiceConfig()
-    for attr, var, kind in ENV_VARS:
-        value = flags.get(attr)
-        if value is None and environ.get(var, "") != "":
-            raw = environ[var]
+    for setting in SETTINGS:
+        value = flags.get(setting.name)
+        if value is None and environ.get(setting.env, "") != "":
+            raw = environ[setting.env]
             try:
-                value = kind(raw)
+                value = setting.parse(raw)
             except ValueError:
-                raise OptionError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+                raise OptionError(f"{setting.env}={raw!r} is not a valid {setting.kind.__name__}") from None
         if value is not None:
-            setattr(config, attr, kind(value) if kind is Path else value)
-    if environ.get("COVIAX_TOKENS"):
-        config.tokens = tuple(t for t in environ["COVIAX_TOKENS"].replace(",", " ").split() if t)
+            setattr(config, setting.name, Path(value) if setting.kind is Path else value)
+    if environ.get(TOKENS_ENV):
+        config.tokens = tuple(t for t in environ[TOKENS_ENV].replace(",", " ").split() if t)
     config.validate()
     return config

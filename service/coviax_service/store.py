@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -28,8 +29,18 @@ from typing import Any, Callable
 from coviax.errors import OptionError
 
 SCHEMA_VERSION = "1"
-ACTIVE_STATES = ("RECEIVING", "QUEUED", "RUNNING")
-FINAL_STATES = ("DONE", "FAILED", "CANCELLED")
+
+
+@functools.cache
+def _states(terminal: bool) -> tuple[str, ...]:
+    """The names of the active (``terminal=False``) or final job states, as the rows store them.
+
+    :class:`coviax_service.jobs.model.JobState` is the one list; it is read on first use because
+    the jobs package imports this module.
+    """
+    from coviax_service.jobs.model import JobState
+
+    return tuple(s.value for s in JobState if s.terminal == terminal)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -187,7 +198,7 @@ class Store:
             conn.execute(
                 "INSERT INTO jobs (job_id, state, created, updated, idempotency_key, batch_id, client_ref, options, expected,"
                 " tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (row["job_id"], row.get("state", "RECEIVING"), now, now, key, row.get("batch_id", ""),
+                (row["job_id"], row.get("state", _states(False)[0]), now, now, key, row.get("batch_id", ""),
                  row.get("client_ref", ""), json.dumps(row["options"]), int(row.get("expected", 0)),
                  row.get("tenant", "")),
             )
@@ -196,7 +207,7 @@ class Store:
 
     def update(self, job_id: str, **fields) -> None:
         fields["updated"] = time.time()
-        if fields.get("state") in FINAL_STATES:
+        if fields.get("state") in _states(True):
             fields.setdefault("finished", fields["updated"])
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as conn:
@@ -255,21 +266,21 @@ class Store:
         return [dict(r) for r in self._conn.execute(sql, (*args, limit, offset)).fetchall()]
 
     def active(self) -> list[dict]:
-        marks = ",".join("?" * len(ACTIVE_STATES))
+        marks = ",".join("?" * len(_states(False)))
         rows = self._conn.execute(
-            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created", ACTIVE_STATES
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created", _states(False)
         ).fetchall()
         return [dict(r) for r in rows]
 
     def retention_candidates(self) -> list[dict]:
         """Finished jobs that still have artifacts, oldest first, with the bytes they hold."""
-        marks = ",".join("?" * len(FINAL_STATES))
+        marks = ",".join("?" * len(_states(True)))
         rows = self._conn.execute(
             "SELECT j.job_id, j.finished, COALESCE(SUM(a.size), 0) AS bytes FROM jobs j "
             "LEFT JOIN artifacts a ON a.job_id = j.job_id "
             f"WHERE j.state IN ({marks}) AND j.artifacts_expired = 0 "
             "GROUP BY j.job_id ORDER BY j.finished",
-            FINAL_STATES,
+            _states(True),
         ).fetchall()
         return [dict(r) for r in rows]
 
