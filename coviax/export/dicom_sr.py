@@ -25,27 +25,24 @@ in :func:`build_sr` where the whole-lung group is made.
 
 Patient and study attributes come from the SEG (and so from the source CT):
 the SR joins the same study. highdicom's warning that quotes the PatientName is
-suppressed, as in :mod:`coviax.export.dicom_seg`.
+suppressed (:func:`coviax.export.dicom_common.no_person_name_warnings`).
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
-import coviax
-from coviax.export.dicom_seg import SEGMENTS, conform_study_attributes
+from coviax.export.dicom_common import (DEVICE_UID, MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION,
+                                       conform_study_attributes, no_person_name_warnings)
+from coviax.export.dicom_seg import SEGMENTS
 from coviax.labels import Label
 
 SERIES_NUMBER = 9902
-#: Device Observer UID: the same for every COViaX installation and run (it identifies the software).
-DEVICE_UID = generate_uid(entropy_srcs=["COViaX device observer"])
 
 ML = Code("mL", "UCUM", "milliliter")
 PERCENT = codes.UCUM.Percent
@@ -103,11 +100,11 @@ def segment_volumes_ml(report: dict) -> dict[int, float]:
 def build_sr(report: dict, seg, series_uid: str | None = None) -> hd.sr.Comprehensive3DSR:
     """The SR dataset for ``report`` whose groups reference the segments of ``seg`` (a pydicom SEG dataset)."""
     algorithm = hd.sr.AlgorithmIdentification(name="COViaX " + str(report["lesions"]["engine"]),
-                                              version=coviax.__version__)
+                                              version=SOFTWARE_VERSION)
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=DEVICE_UID, name="COViaX", manufacturer_name="COViaX", model_name="COViaX (research use only)",
+            uid=DEVICE_UID, name=MANUFACTURER, manufacturer_name=MANUFACTURER, model_name=MODEL_NAME,
         ),
     )
     context = hd.sr.ObservationContext(observer_device_context=device)
@@ -172,10 +169,7 @@ def build_sr(report: dict, seg, series_uid: str | None = None) -> hd.sr.Comprehe
             referenced_sop_class_uid=seg.SOPClassUID, referenced_sop_instance_uid=seg.SOPInstanceUID)],
     ))
     content = hd.sr.MeasurementReport(observation_context=context, procedure_reported=CT_CHEST, imaging_measurements=groups)
-    with warnings.catch_warnings():
-        # highdicom warns about the format of the source's PatientName and
-        # quotes it in the message: never let a patient name reach a log.
-        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+    with no_person_name_warnings():
         sr = hd.sr.Comprehensive3DSR(
             evidence=[seg],
             content=content,
@@ -183,7 +177,7 @@ def build_sr(report: dict, seg, series_uid: str | None = None) -> hd.sr.Comprehe
             series_number=SERIES_NUMBER,
             sop_instance_uid=hd.UID(),
             instance_number=1,
-            manufacturer="COViaX",
+            manufacturer=MANUFACTURER,
             is_complete=True,
             is_final=False,  # research output, not the definitive report
             is_verified=False,

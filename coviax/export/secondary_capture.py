@@ -12,7 +12,6 @@ encoder aborts the whole process on this RGB page (seen in our CI).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import highdicom as hd
@@ -20,7 +19,8 @@ import numpy as np
 from pydicom.uid import RLELossless
 
 import coviax
-from coviax.export.dicom_seg import conform_study_attributes
+from coviax.export.dicom_common import (MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION, conform_study_attributes,
+                                       no_person_name_warnings)
 
 SERIES_NUMBER = 9903
 
@@ -35,10 +35,7 @@ def write_secondary_capture(page_rgb: np.ndarray, volume, path: str | Path) -> P
     """
     if not volume.source_headers:
         raise ValueError("a Secondary Capture needs a DICOM source series; this scan was read from " + volume.source_format)
-    with warnings.catch_warnings():
-        # highdicom warns about the format of the source's PatientName and
-        # quotes it in the message: never let a patient name reach a log.
-        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+    with no_person_name_warnings():
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=volume.source_headers[0],
             pixel_array=np.ascontiguousarray(page_rgb, dtype=np.uint8),
@@ -52,15 +49,15 @@ def write_secondary_capture(page_rgb: np.ndarray, volume, path: str | Path) -> P
             series_number=SERIES_NUMBER,
             sop_instance_uid=hd.UID(),
             instance_number=1,
-            manufacturer="COViaX",
+            manufacturer=MANUFACTURER,
         )
     sc.compress(RLELossless, encoding_plugin="pylibjpeg")  # not GDCM: see the module docstring
     sc.PatientOrientation = None
     sc.ConversionType = "WSD"  # workstation: a rendered page, not a digitised film
     sc.BurnedInAnnotation = "NO"  # the page holds no patient identifier
     sc.SeriesDescription = "COViaX report page (research use only)"
-    sc.SoftwareVersions = coviax.__version__
-    sc.ManufacturerModelName = "COViaX (research use only)"
+    sc.SoftwareVersions = SOFTWARE_VERSION
+    sc.ManufacturerModelName = MODEL_NAME
     sc.ImageComments = coviax.RESEARCH_USE_NOTICE
     conform_study_attributes(sc)
     # Laterality (General Series, type 2C) is required for a paired body part; the page covers both lungs,

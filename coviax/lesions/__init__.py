@@ -94,7 +94,7 @@ class UNetSliceEngine:
     def model_info(self) -> ModelInfo:
         import json
 
-        from coviax.lesions.unet_model import file_sha256
+        from coviax.files import file_sha256
 
         unet = self.unet
         digest = unet.__dict__.get("weights_sha256") or ""  # set by UNetEngine.from_checkpoint

@@ -34,7 +34,8 @@ from torch.nn import functional as F
 from coviax.errors import OptionError, WeightsNotFoundError
 from coviax.labels import Label
 from coviax.lesions import LesionLabels
-from coviax.lesions.unet_model import file_sha256, load_checkpoint, normalise_hu
+from coviax.files import file_sha256
+from coviax.lesions.unet_model import load_checkpoint, normalise_hu
 
 #: Where the shipped U-Net B lives inside the package.
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "unet_b.pt"

@@ -13,13 +13,14 @@ so a checkpoint cannot run code):
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from coviax.files import file_sha256
 
 CHECKPOINT_FORMAT = "coviax.unet/1"
 HU_WINDOW = (-1024.0, 300.0)  # the thesis's normalisation window
@@ -115,11 +116,3 @@ def load_checkpoint(path: str | Path) -> tuple[UNet2D, dict]:
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, dict(payload.get("meta", {}))
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -91,15 +91,6 @@ def replaceable(row: dict) -> bool:
     return row["state"] == "FAILED" and (not row["upload_complete"] or row["error_code"] in TRANSIENT_CODES)
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a folder (a folder's fsync makes new names in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Store:
     """Async facade over one SQLite connection living on its own thread."""
 

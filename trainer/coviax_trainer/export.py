@@ -202,7 +202,8 @@ def card_markdown(card: dict) -> str:
 
 
 def run(run: RunDir, config: Config, reporter: Reporter) -> dict:
-    from coviax.lesions.unet_model import file_sha256, load_checkpoint, save_checkpoint
+    from coviax.files import file_sha256
+    from coviax.lesions.unet_model import load_checkpoint, save_checkpoint
 
     src = run.path("unet_b", "model.pt")
     if not src.is_file():

@@ -219,7 +219,7 @@ def card_markdown(name: str, recipe: dict, sha: str, size_mb: float, evaluation:
 
 def install(run: Path, name: str, evaluation: list[str] | None = None) -> Path:
     """Copy RUN/model.pt into coviax/models/NAME.pt and write NAME.card.md beside it."""
-    from coviax.lesions.unet_model import file_sha256
+    from coviax.files import file_sha256
 
     recipe = json.loads((run / "recipe.json").read_text())
     with np.load(run / "data" / "train.npz") as z:  # the slices it really drew

@@ -15,16 +15,15 @@ import asyncio
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from coviax.files import fsync_path
 from coviax_service.errors import InvalidRequest, JobCancelled, LimitExceeded
 from coviax_service.jobs.model import JobState, LiveJob
-from coviax_service.store import fsync_path
 
 log = logging.getLogger("coviax.service")
 
@@ -193,11 +192,7 @@ class Uploads:
     def _fsync_input(self, job_id: str) -> None:
         input_dir = self.store.job_dir(job_id) / "input"
         for path in input_dir.iterdir():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(path)
         fsync_path(input_dir)
         fsync_path(input_dir.parent)
         fsync_path(input_dir.parent.parent)
