@@ -50,7 +50,7 @@ def tiny_run(tmp_path_factory):
         # edit one slice of a training scan: a 6x6 block of consolidation in the lung
         items = json.loads((review / "review.json").read_text())["slices"]
         item = next(i for i in items if i["scan"].startswith("phantom-001"))
-        from coviax_trainer.correct import read_label_image, write_label_png
+        from coviax_trainer.labelmaps import read_label_image, write_label_png
 
         edited = read_label_image(review / item["label"])
         ys, xs = np.nonzero(edited == Label.HEALTHY_LUNG)
@@ -217,7 +217,7 @@ def test_losses_fall_when_the_prediction_matches(kind):
 def test_label_maps_with_bad_codes_are_refused(tmp_path):
     from PIL import Image
 
-    from coviax_trainer.correct import CorrectionError, read_label_image, write_label_png
+    from coviax_trainer.labelmaps import CorrectionError, read_label_image, write_label_png
 
     labels = np.zeros((8, 8), np.uint8)
     labels[2:4, 2:4] = 3

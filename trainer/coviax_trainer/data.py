@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from coviax_trainer.labelmaps import read_label_image
 from coviax_trainer.rundir import RunDir, atomic_path, read_jsonl, write_json, write_jsonl
 
 SETS = ("pseudo", "relabel")
@@ -119,12 +120,6 @@ def correction_index(run: RunDir) -> dict[tuple[str, int], Path]:
     return out
 
 
-def read_label_png(path: Path) -> np.ndarray:
-    from coviax_trainer.correct import read_label_image
-
-    return read_label_image(path)
-
-
 # --------------------------------------------------------------------------- loading
 
 @dataclass
@@ -160,7 +155,7 @@ def load_slices(run: RunDir, set_name: str, scans: set[str] | None = None) -> Sl
                 key = (r["scan"], int(r["slice"]))
                 corrected = key in corrections
                 if corrected:
-                    lab = read_label_png(corrections[key])
+                    lab = read_label_image(corrections[key])
                     if lab.shape != label[i].shape:
                         raise ValueError(f"{corrections[key]}: shape {lab.shape} differs from the slice's {label[i].shape}")
                     lab = lab.astype(np.uint8)

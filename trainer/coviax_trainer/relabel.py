@@ -60,7 +60,7 @@ def relabel_task(batch: dict, run_root: str, config: Config) -> dict:
     from coviax.lesions.unet import combine_with_lungs
     from coviax.lesions.unet_model import load_checkpoint
     from coviax.lungs import segment_lungs
-    from coviax_trainer.correct import read_label_image
+    from coviax_trainer.labelmaps import read_label_image
     from coviax_trainer.sources import load_scan
 
     t0 = time.perf_counter()

@@ -173,34 +173,20 @@ def train_loop(cfg: dict) -> None:
     import ray.train.torch
     import torch
 
-    from coviax.lesions.unet_model import UNet2D, UNetConfig, save_checkpoint
+    from coviax.lesions.unet_model import UNet2D, UNetConfig
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg["threads"])))
     t = cfg["train"]
-    aug = t["augmentation"]
     progress = cfg.get("progress")
 
     def push(event):
         if progress is not None and rank == 0:
             progress.push.remote(event)
 
-    with np.load(cfg["train_data"]) as z:
-        x_all, y_all = torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
-        given_weights = torch.from_numpy(z["draw_weight"]).float() if "draw_weight" in z.files else None
-    with np.load(cfg["val_data"]) as z:
-        xv, yv, lv = torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), torch.from_numpy(z["lung"])
-    n = len(x_all)
-    per_epoch = int(t["samples_per_epoch"] or n)
-    flat = y_all.reshape(n, -1)
-    has_lesion = ((flat >= 3) & (flat <= 4)).any(dim=1).float()
-    has_cons = (flat == 4).any(dim=1).float()
-    k = float(t["lesion_oversample"])
-    draw_weights = 1.0 + k * has_lesion + k * has_cons
-    if given_weights is not None:  # the data's own weights, e.g. hard negatives drawn as often as lesions
-        draw_weights = torch.maximum(draw_weights, given_weights)
-    class_weights = cfg.get("class_weights") if t["class_weights"] == "sqrt_inverse" else None
+    x_all, y_all, draw_weights, val = _load_data(cfg)
+    per_epoch = int(t["samples_per_epoch"] or len(x_all))
     steps_per_epoch = max(1, math.ceil(per_epoch / world / t["batch_size"]))
     total_steps = steps_per_epoch * t["epochs"]
 
@@ -208,73 +194,130 @@ def train_loop(cfg: dict) -> None:
     model = UNet2D(UNetConfig(**cfg["model"]))
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t["lr"], total_steps=total_steps, pct_start=0.15)
-    start_epoch, history, best = 0, [], {"score": -1.0, "state": None, "epoch": None}
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "train_state.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
-        push({"kind": "resume", "epoch": start_epoch})
+    start_epoch, history, best = _resume(model, opt, sched, push)
 
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
+    steps = {"per_epoch": steps_per_epoch, "total": total_steps}
 
     for epoch in range(start_epoch, t["epochs"]):
         t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch * 1009 + rank)
         order = torch.Generator().manual_seed(cfg["seed"] * 7919 + epoch)
         idx = torch.multinomial(draw_weights, per_epoch, replacement=True, generator=order)[rank::world]
-        model.train()
-        losses = []
-        for step in range(steps_per_epoch):
-            b = idx[step * t["batch_size"] : (step + 1) * t["batch_size"]]
-            if len(b) == 0:
-                b = idx[: t["batch_size"]]
-            xb = x_all[b].float()[:, None]
-            yb = y_all[b].long()
-            xb, yb = augment(xb, yb, aug, g)
-            logits = model(xb.to(device))
-            loss = loss_fn(logits, yb.to(device), t["loss"], t["gce_q"], t["dice_weight"], class_weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            if step % max(1, steps_per_epoch // 20) == 0 or step == steps_per_epoch - 1:
-                push({"kind": "step", "epoch": epoch, "step": step + 1, "steps": steps_per_epoch,
-                      "global": epoch * steps_per_epoch + step + 1, "total": total_steps, "loss": float(np.mean(losses[-20:]))})
+        losses = _train_epoch(cfg, model, opt, sched, x_all, y_all, idx, epoch, rank, device, steps, push)
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": float(sched.get_last_lr()[0]),
                    "epoch_seconds": round(time.perf_counter() - t0, 1)}
         if rank == 0:
-            metrics.update({f"val_dice_{k}": v for k, v in validate(core, xv, yv, lv, device).items()})
-            # a lung network (2 classes) is scored by its lung Dice, a lesion network by GGO and consolidation
-            score = metrics["val_dice_lung"] if core.config.n_classes == 2 else np.nanmean(
-                [metrics["val_dice_ggo"], metrics["val_dice_cons"]])
-            metrics["val_score"] = float(score) if not np.isnan(score) else 0.0
-            if metrics["val_score"] > best["score"]:
-                best = {"score": metrics["val_score"], "epoch": epoch,
-                        "state": {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}}
+            best = _score_epoch(core, metrics, best, val, device, epoch)
         history.append(metrics)
         push({"kind": "epoch", **metrics, "epochs": t["epochs"]})
-        with tempfile.TemporaryDirectory() as d:
-            report_ckpt = None
-            if rank == 0:
-                meta = {"name": cfg["stage"].replace("-", "_"), "epoch": epoch, "val": {k: v for k, v in metrics.items() if k.startswith("val_")}}
-                save_checkpoint(core, Path(d) / "model.pt", meta=meta)
-                if best["state"] is not None:
-                    best_model = UNet2D(UNetConfig(**cfg["model"]))
-                    best_model.load_state_dict(best["state"])
-                    save_checkpoint(best_model, Path(d) / "best.pt", meta={**meta, "epoch": best["epoch"]})
-                torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "epoch": epoch, "history": history, "best": best}, Path(d) / "train_state.pt")
-                (Path(d) / "history.json").write_text(json.dumps(history, indent=1))
-                report_ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=report_ckpt)
+        _report_epoch(cfg, core, opt, sched, metrics, history, best, epoch, rank)
+
+
+def _load_data(cfg: dict):
+    """The training slices, their draw weights and the validation set (x, y, lung), as tensors."""
+    import torch
+
+    with np.load(cfg["train_data"]) as z:
+        x_all, y_all = torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
+        given_weights = torch.from_numpy(z["draw_weight"]).float() if "draw_weight" in z.files else None
+    with np.load(cfg["val_data"]) as z:
+        val = (torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), torch.from_numpy(z["lung"]))
+    flat = y_all.reshape(len(x_all), -1)
+    has_lesion = ((flat >= 3) & (flat <= 4)).any(dim=1).float()
+    has_cons = (flat == 4).any(dim=1).float()
+    k = float(cfg["train"]["lesion_oversample"])
+    draw_weights = 1.0 + k * has_lesion + k * has_cons
+    if given_weights is not None:  # the data's own weights, e.g. hard negatives drawn as often as lesions
+        draw_weights = torch.maximum(draw_weights, given_weights)
+    return x_all, y_all, draw_weights, val
+
+
+def _resume(model, opt, sched, push) -> tuple[int, list, dict]:
+    """Load Ray's last checkpoint into the model, optimiser and scheduler, if there is one; returns the
+    epoch to start at, the history so far and the best epoch so far."""
+    import ray.train
+    import torch
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return 0, [], {"score": -1.0, "state": None, "epoch": None}
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / "train_state.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    start_epoch = state["epoch"] + 1
+    push({"kind": "resume", "epoch": start_epoch})
+    return start_epoch, state["history"], state["best"]
+
+
+def _train_epoch(cfg, model, opt, sched, x_all, y_all, idx, epoch, rank, device, steps, push) -> list[float]:
+    """One epoch over this worker's share ``idx`` of the drawn slices; returns the loss of each step."""
+    import torch
+
+    t = cfg["train"]
+    class_weights = cfg.get("class_weights") if t["class_weights"] == "sqrt_inverse" else None
+    g = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch * 1009 + rank)
+    steps_per_epoch = steps["per_epoch"]
+    model.train()
+    losses = []
+    for step in range(steps_per_epoch):
+        b = idx[step * t["batch_size"] : (step + 1) * t["batch_size"]]
+        if len(b) == 0:
+            b = idx[: t["batch_size"]]
+        xb = x_all[b].float()[:, None]
+        yb = y_all[b].long()
+        xb, yb = augment(xb, yb, t["augmentation"], g)
+        logits = model(xb.to(device))
+        loss = loss_fn(logits, yb.to(device), t["loss"], t["gce_q"], t["dice_weight"], class_weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % max(1, steps_per_epoch // 20) == 0 or step == steps_per_epoch - 1:
+            push({"kind": "step", "epoch": epoch, "step": step + 1, "steps": steps_per_epoch,
+                  "global": epoch * steps_per_epoch + step + 1, "total": steps["total"],
+                  "loss": float(np.mean(losses[-20:]))})
+    return losses
+
+
+def _score_epoch(core, metrics: dict, best: dict, val, device, epoch: int) -> dict:
+    """Add the validation Dice and score to ``metrics``; returns the best epoch so far (this one if better)."""
+    metrics.update({f"val_dice_{k}": v for k, v in validate(core, *val, device).items()})
+    # a lung network (2 classes) is scored by its lung Dice, a lesion network by GGO and consolidation
+    score = metrics["val_dice_lung"] if core.config.n_classes == 2 else np.nanmean(
+        [metrics["val_dice_ggo"], metrics["val_dice_cons"]])
+    metrics["val_score"] = float(score) if not np.isnan(score) else 0.0
+    if metrics["val_score"] > best["score"]:
+        best = {"score": metrics["val_score"], "epoch": epoch,
+                "state": {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}}
+    return best
+
+
+def _report_epoch(cfg, core, opt, sched, metrics, history, best, epoch, rank) -> None:
+    """Report the epoch to Ray; rank 0 adds a checkpoint (this epoch's model, the best one, the train state)."""
+    import ray.train
+    import torch
+
+    from coviax.lesions.unet_model import UNet2D, UNetConfig, save_checkpoint
+
+    with tempfile.TemporaryDirectory() as d:
+        report_ckpt = None
+        if rank == 0:
+            meta = {"name": cfg["stage"].replace("-", "_"), "epoch": epoch, "val": {k: v for k, v in metrics.items() if k.startswith("val_")}}
+            save_checkpoint(core, Path(d) / "model.pt", meta=meta)
+            if best["state"] is not None:
+                best_model = UNet2D(UNetConfig(**cfg["model"]))
+                best_model.load_state_dict(best["state"])
+                save_checkpoint(best_model, Path(d) / "best.pt", meta={**meta, "epoch": best["epoch"]})
+            torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "epoch": epoch, "history": history, "best": best}, Path(d) / "train_state.pt")
+            (Path(d) / "history.json").write_text(json.dumps(history, indent=1))
+            report_ckpt = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(metrics, checkpoint=report_ckpt)
 
 
 def validate(model, xv, yv, lv, device, batch: int = 16) -> dict:
