@@ -143,68 +143,136 @@ def run(
 def write_outputs(out_dir, volume: Volume, lesions: LesionLabels, report: dict, outputs) -> dict[str, Path]:
     """Write the image outputs; the report itself is written last by :func:`run`.
 
-    The SEG is written before the SR, which references its segments; the 3D
-    meshes are made once and rendered once for the mesh files, both report
-    pages and the Secondary Capture.
+    Each output asked for is written by its entry of :data:`WRITERS`, in that order: the SEG before
+    the SR, which references its segments. The 3D meshes are made once and rendered once for the mesh
+    files, both report pages and the Secondary Capture; the PDF page is laid out once for the PDF and
+    the Secondary Capture.
     """
-    from coviax.export.dicom_seg import write_dicom_seg
-    from coviax.export.montage import write_montage
-    from coviax.export.nifti import write_labels_nifti
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    artifacts: dict[str, Path] = {}
-    notes = report["input"]["warnings"]
-    if "nifti" in outputs:
-        artifacts["labels_nifti"] = write_labels_nifti(lesions.labels, volume, out / "labels.nii.gz")
-    seg_dataset = None
-    if "seg" in outputs:
-        if volume.source_headers:
-            artifacts["dicom_seg"] = write_dicom_seg(lesions.labels, volume, out / "seg.dcm", lesions.engine)
-            if "sr" in outputs:
-                import pydicom
+    job = _OutputJob(out, volume, lesions, report, tuple(outputs))
+    for name, writer in WRITERS:
+        if name in job.outputs:
+            writer(job)
+    return job.artifacts
 
-                seg_dataset = pydicom.dcmread(artifacts["dicom_seg"], stop_before_pixels=True)
-        else:
-            notes.append("no DICOM SEG written: the input was not a DICOM series")
-    if "png" in outputs:
-        title = f"VRall {report['ratios_pct']['all']:.1f} %  VRggo {report['ratios_pct']['ggo']:.1f} %  VRcs {report['ratios_pct']['consolidation']:.1f} %"
-        artifacts["montage"] = write_montage(volume.hu, lesions.labels, out / "montage.png", title=title)
-    render = None
-    if {"mesh", "html", "pdf", "sc"} & set(outputs):
-        from coviax.export import mesh
 
-        meshes = mesh.meshes_for(lesions.labels, volume)
-        render_path = out / "render_3d.png" if "mesh" in outputs else None
-        render = mesh.render_png(meshes, render_path, title=mesh.RENDER_TITLE)
-        if "mesh" in outputs:
-            artifacts.update(mesh.write_mesh_files(meshes, out))
-            artifacts["render_3d"] = render_path
-    if "html" in outputs:
-        from coviax.export.report_page import write_html
+@dataclass
+class _OutputJob:
+    """What the writers share: the inputs, the artifacts so far, and the render and page made once."""
 
-        artifacts["report_html"] = write_html(report, volume.hu, lesions.labels, render, out / "report.html")
-    if "pdf" in outputs or "sc" in outputs:
-        from coviax.export.report_page import write_pdf
+    out: Path
+    volume: Volume
+    lesions: LesionLabels
+    report: dict
+    outputs: tuple[str, ...]
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    _meshes: object = None
+    _render: object = None
+    _pdf: tuple | None = None
 
-        pdf_path, page = write_pdf(report, volume.hu, lesions.labels, render, out / "report.pdf" if "pdf" in outputs else None)
-        if pdf_path is not None:
-            artifacts["report_pdf"] = pdf_path
-        if "sc" in outputs:
-            if volume.source_headers:
-                from coviax.export.secondary_capture import write_secondary_capture
+    @property
+    def notes(self) -> list[str]:
+        return self.report["input"]["warnings"]
 
-                artifacts["dicom_sc"] = write_secondary_capture(page, volume, out / "report_sc.dcm")
-            else:
-                notes.append("no DICOM Secondary Capture written: the input was not a DICOM series")
-    if "sr" in outputs:
-        if seg_dataset is not None:
-            from coviax.export.dicom_sr import write_dicom_sr
+    def render(self):
+        """The 3D render (an RGB array), written to render_3d.png when the mesh output is asked for."""
+        if self._render is None:
+            from coviax.export import mesh
 
-            artifacts["dicom_sr"] = write_dicom_sr(report, seg_dataset, out / "measurements_sr.dcm", volume.series_uid)
-        else:
-            notes.append("no DICOM SR written: it references the DICOM SEG, which needs DICOM input and the 'seg' output")
-    return artifacts
+            self._meshes = mesh.meshes_for(self.lesions.labels, self.volume)
+            path = self.out / "render_3d.png" if "mesh" in self.outputs else None
+            self._render = mesh.render_png(self._meshes, path, title=mesh.RENDER_TITLE)
+        return self._render
+
+    def pdf(self) -> tuple[Path | None, np.ndarray]:
+        """The PDF page (written to report.pdf when the pdf output is asked for) and its pixels."""
+        if self._pdf is None:
+            from coviax.export.report_page import write_pdf
+
+            self._pdf = write_pdf(self.report, self.volume.hu, self.lesions.labels, self.render(),
+                                  self.out / "report.pdf" if "pdf" in self.outputs else None)
+        return self._pdf
+
+
+def _write_nifti(job: _OutputJob) -> None:
+    from coviax.export.nifti import write_labels_nifti
+
+    job.artifacts["labels_nifti"] = write_labels_nifti(job.lesions.labels, job.volume, job.out / "labels.nii.gz")
+
+
+def _write_seg(job: _OutputJob) -> None:
+    if not job.volume.source_headers:
+        job.notes.append("no DICOM SEG written: the input was not a DICOM series")
+        return
+    from coviax.export.dicom_seg import write_dicom_seg
+
+    job.artifacts["dicom_seg"] = write_dicom_seg(job.lesions.labels, job.volume, job.out / "seg.dcm", job.lesions.engine)
+
+
+def _write_montage(job: _OutputJob) -> None:
+    from coviax.export.montage import write_montage
+
+    ratios = job.report["ratios_pct"]
+    title = f"VRall {ratios['all']:.1f} %  VRggo {ratios['ggo']:.1f} %  VRcs {ratios['consolidation']:.1f} %"
+    job.artifacts["montage"] = write_montage(job.volume.hu, job.lesions.labels, job.out / "montage.png", title=title)
+
+
+def _write_meshes(job: _OutputJob) -> None:
+    from coviax.export import mesh
+
+    job.render()
+    job.artifacts.update(mesh.write_mesh_files(job._meshes, job.out))
+    job.artifacts["render_3d"] = job.out / "render_3d.png"
+
+
+def _write_html(job: _OutputJob) -> None:
+    from coviax.export.report_page import write_html
+
+    job.artifacts["report_html"] = write_html(job.report, job.volume.hu, job.lesions.labels, job.render(),
+                                              job.out / "report.html")
+
+
+def _write_pdf(job: _OutputJob) -> None:
+    pdf_path, _page = job.pdf()
+    if pdf_path is not None:
+        job.artifacts["report_pdf"] = pdf_path
+
+
+def _write_secondary_capture(job: _OutputJob) -> None:
+    _pdf_path, page = job.pdf()  # laid out even without a DICOM source, as before: the page is the same
+    if not job.volume.source_headers:
+        job.notes.append("no DICOM Secondary Capture written: the input was not a DICOM series")
+        return
+    from coviax.export.secondary_capture import write_secondary_capture
+
+    job.artifacts["dicom_sc"] = write_secondary_capture(page, job.volume, job.out / "report_sc.dcm")
+
+
+def _write_sr(job: _OutputJob) -> None:
+    if "dicom_seg" not in job.artifacts:
+        job.notes.append("no DICOM SR written: it references the DICOM SEG, which needs DICOM input and the 'seg' output")
+        return
+    import pydicom
+
+    from coviax.export.dicom_sr import write_dicom_sr
+
+    seg_dataset = pydicom.dcmread(job.artifacts["dicom_seg"], stop_before_pixels=True)
+    job.artifacts["dicom_sr"] = write_dicom_sr(job.report, seg_dataset, job.out / "measurements_sr.dcm",
+                                               job.volume.series_uid)
+
+
+#: output name -> its writer, in the order they run (the SR reads the SEG written before it).
+WRITERS = (
+    ("nifti", _write_nifti),
+    ("seg", _write_seg),
+    ("png", _write_montage),
+    ("mesh", _write_meshes),
+    ("html", _write_html),
+    ("pdf", _write_pdf),
+    ("sc", _write_secondary_capture),
+    ("sr", _write_sr),
+)
 
 
 def label_counts(labels: np.ndarray) -> dict[int, int]:

@@ -59,6 +59,9 @@ ORIENTATION_TOLERANCE = 1e-3
 MAX_INFLATED_BYTES = 64 * 1024**2
 _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 
+#: Data elements at the top level of an instance's data set; a CT image has a few hundred.
+MAX_TOP_LEVEL_ELEMENTS = 20_000
+
 #: Sequences nested deeper than this are refused (no CT header needs more than a few levels).
 MAX_SEQUENCE_DEPTH = 64
 #: Pixel spacing (mm) a CT image can have; values outside are a broken header.
@@ -317,9 +320,12 @@ def _read_dicom_file(path: Path, display: str) -> pydicom.Dataset | None:
     if is_dicom:
         _check_inflated_size(path, display)
     try:
-        # Pixel data is read only when decoded (deferred), and dropped after decoding:
-        # a 500-slice series then never holds its raw bytes and its HU at once.
-        ds = pydicom.dcmread(path, force=False, defer_size="64 KB")
+        ds = _parse_with_element_budget(path)
+    except _TooManyElements:
+        if not is_dicom:
+            return None
+        raise ScanError(f"{display}: more than {MAX_TOP_LEVEL_ELEMENTS} data elements in the header; a CT image "
+                        "has a few hundred (a broken or hostile file)") from None
     except InvalidDicomError:
         if is_dicom:
             raise ScanError(f"{display}: corrupt DICOM file (has the DICM marker but cannot be parsed)") from None
@@ -435,6 +441,36 @@ def _check_inflated_size(path: Path, display: str) -> None:
         )
 
 
+class _TooManyElements(Exception):
+    """Raised from the parser's per-element callback past MAX_TOP_LEVEL_ELEMENTS."""
+
+
+def _parse_with_element_budget(path: Path) -> pydicom.Dataset:
+    """``pydicom.dcmread`` (pixel data deferred) that gives up past MAX_TOP_LEVEL_ELEMENTS elements.
+
+    pydicom reads every element of the data set when it opens a file, about 10 us each: atheris found
+    121 KB deflated into 32 MiB of empty elements that took it 20 s. A CT image's header has a few
+    hundred. ``read_partial`` (what dcmread calls) asks ``stop_when`` about each top-level element
+    before reading it; counting there costs nothing on a normal file and stops a hostile one at once.
+    """
+    from pydicom.filereader import read_partial
+    from pydicom.misc import size_in_bytes
+
+    seen = 0
+
+    def count_element(_tag, _vr, _length) -> bool:
+        nonlocal seen
+        seen += 1
+        if seen > MAX_TOP_LEVEL_ELEMENTS:
+            raise _TooManyElements
+        return False
+
+    # Pixel data is read only when decoded (deferred), and dropped after decoding:
+    # a 500-slice series then never holds its raw bytes and its HU at once.
+    with open(path, "rb") as f:
+        return read_partial(f, count_element, defer_size=size_in_bytes("64 KB"), force=False)
+
+
 def _read_dicom_folder(root: Path, series_uid: str | None, display_root: Path) -> Volume:
     files = list(_iter_files(root))
     if not files:
@@ -530,6 +566,40 @@ def _plain(values: np.ndarray, decimals: int) -> list[float]:
 
 
 def _stack_series(slices: list[_Slice], where: Path) -> Volume:
+    """One volume from the slices of a series: checked, placed along the slice normal, decoded to HU."""
+    _check_slices(slices, where)
+    first = slices[0]
+    iop0, rows, cols, pixel_spacing = _slice_grid(first)
+    positions_xyz = _slice_positions(slices, iop0, rows, cols)
+    row_cos, col_cos = iop0[:3], iop0[3:]
+    normal = np.cross(row_cos, col_cos)
+    if abs(normal[2]) < 0.8:
+        raise GeometryError(
+            f"{first.path}: slices are not axial (slice normal {_plain(normal, 3)}); "
+            "COViaX analyses axial chest CT series"
+        )
+    slices, positions_xyz, median_step = _order_along(normal, slices, positions_xyz, where)
+    hu = _decode_series(slices, rows, cols, where)
+    headers = []
+    for s in slices:
+        header = s.ds.copy()
+        if "PixelData" in header:
+            del header.PixelData
+        headers.append(header)
+    origin = tuple(float(v) for v in positions_xyz[0])
+    direction = np.stack([row_cos, col_cos, normal], axis=1)
+    return Volume(
+        hu=hu,
+        spacing_zyx=(median_step, float(pixel_spacing[0]), float(pixel_spacing[1])),
+        origin_xyz=origin,  # type: ignore[arg-type]
+        direction=direction,
+        source_format="dicom",
+        source_headers=headers,
+    )
+
+
+def _check_slices(slices: list[_Slice], where: Path) -> None:
+    """Every slice a single-frame CT image, and between 2 and MAX_SLICES of them."""
     for s in slices:
         _require_ct(s)
         if int(getattr(s.ds, "NumberOfFrames", 1) or 1) > 1:
@@ -545,7 +615,9 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
     if len(slices) > MAX_SLICES:
         raise ScanError(f"{where}: {len(slices)} slices exceed the limit of {MAX_SLICES}")
 
-    first = slices[0]
+
+def _slice_grid(first: _Slice) -> tuple[np.ndarray, int, int, np.ndarray]:
+    """The first slice's orientation (6 cosines), rows, columns and pixel spacing, checked."""
     iop0 = _numbers(first.ds, "ImageOrientationPatient", "(0020,0037)", first.path, "cannot place the slices", 6)
     rows, cols = _dimension(first.ds, "Rows", "(0028,0010)", first.path), _dimension(
         first.ds, "Columns", "(0028,0011)", first.path)
@@ -563,6 +635,12 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
             f"{first.path}: PixelSpacing (0028,0030) is {_plain(pixel_spacing, 6)} mm; a CT image has {low:g} to "
             f"{high:g} mm between pixel centres; cannot measure volumes"
         )
+    return iop0, rows, cols, pixel_spacing
+
+
+def _slice_positions(slices: list[_Slice], iop0: np.ndarray, rows: int, cols: int) -> list[np.ndarray]:
+    """Each slice's ImagePositionPatient, after checking it has the first slice's orientation and size."""
+    first = slices[0]
     positions_xyz = []
     for s in slices:
         positions_xyz.append(_numbers(s.ds, "ImagePositionPatient", "(0020,0032)", s.path,
@@ -578,14 +656,13 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
             raise GeometryError(
                 f"{s.path}: {s.ds.Rows}x{s.ds.Columns} pixels but {first.path} has {rows}x{cols}"
             )
+    return positions_xyz
 
-    row_cos, col_cos = iop0[:3], iop0[3:]
-    normal = np.cross(row_cos, col_cos)
-    if abs(normal[2]) < 0.8:
-        raise GeometryError(
-            f"{first.path}: slices are not axial (slice normal {_plain(normal, 3)}); "
-            "COViaX analyses axial chest CT series"
-        )
+
+def _order_along(normal: np.ndarray, slices: list[_Slice], positions_xyz: list[np.ndarray],
+                 where: Path) -> tuple[list[_Slice], list[np.ndarray], float]:
+    """The slices sorted along the slice normal, with their positions and the median step (mm), after
+    checking for duplicate positions and gaps."""
     positions = np.array([np.dot(p, normal) for p in positions_xyz])
     order = np.argsort(positions, kind="stable")
     slices = [slices[i] for i in order]
@@ -608,7 +685,12 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
                 f"{slices[i + 1].path} ({positions[i + 1]:.2f} mm), {step / median_step:.1f}x the median "
                 f"spacing of {median_step:.2f} mm (about {missing} slice(s) missing)"
             )
+    return slices, positions_xyz, median_step
 
+
+def _decode_series(slices: list[_Slice], rows: int, cols: int, where: Path) -> np.ndarray:
+    """The HU volume (int16, z y x) of the ordered slices; each slice's raw pixel bytes are freed once
+    decoded, and a sample of slices is checked for plausible HU."""
     hu = np.empty((len(slices), rows, cols), dtype=np.int16)
     samples = []
     for k, s in enumerate(slices):
@@ -622,23 +704,7 @@ def _stack_series(slices: list[_Slice], where: Path) -> Volume:
         hint="Check RescaleSlope (0028,1053) and RescaleIntercept (0028,1052): raw CT values need an "
         "intercept of about -1024.",
     )
-
-    headers = []
-    for s in slices:
-        header = s.ds.copy()
-        if "PixelData" in header:
-            del header.PixelData
-        headers.append(header)
-    origin = tuple(float(v) for v in positions_xyz[0])
-    direction = np.stack([row_cos, col_cos, normal], axis=1)
-    return Volume(
-        hu=hu,
-        spacing_zyx=(median_step, float(pixel_spacing[0]), float(pixel_spacing[1])),
-        origin_xyz=origin,  # type: ignore[arg-type]
-        direction=direction,
-        source_format="dicom",
-        source_headers=headers,
-    )
+    return hu
 
 
 def slice_to_hu(ds: pydicom.Dataset, where: str | os.PathLike) -> np.ndarray:
