@@ -62,6 +62,9 @@ _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 #: Data elements at the top level of an instance's data set; a CT image has a few hundred.
 MAX_TOP_LEVEL_ELEMENTS = 20_000
 
+#: Command elements (group 0000) tolerated at the start of a stored data set (PS3.10 allows none).
+MAX_COMMAND_ELEMENTS = 64
+
 #: Sequences nested deeper than this are refused (no CT header needs more than a few levels).
 MAX_SEQUENCE_DEPTH = 64
 #: Pixel spacing (mm) a CT image can have; values outside are a broken header.
@@ -318,7 +321,7 @@ def _read_dicom_file(path: Path, display: str) -> pydicom.Dataset | None:
     """Parse one file; None if it is not DICOM at all, ScanError if it is DICOM but broken."""
     is_dicom = _has_dicom_preamble(path)
     if is_dicom:
-        _check_inflated_size(path, display)
+        _check_before_parsing(path, display)
     try:
         ds = _parse_with_element_budget(path)
     except _TooManyElements:
@@ -414,31 +417,60 @@ def _describe(exc: BaseException) -> str:
     return text or "unreadable"
 
 
-def _check_inflated_size(path: Path, display: str) -> None:
-    """Refuse a deflated DICOM file that inflates past MAX_INFLATED_BYTES, before the parser inflates it whole."""
-    from pydicom.filereader import _read_file_meta_info
+def _check_before_parsing(path: Path, display: str) -> None:
+    """Refuse, before pydicom parses it, a file whose parse would cost too much memory or time.
+
+    - A deflated data set (1.2.840.10008.1.2.1.99) that inflates past MAX_INFLATED_BYTES: the parser
+      inflates it whole.
+    - More than MAX_COMMAND_ELEMENTS command elements (group 0000) at the start of the data set: pydicom
+      reads those on its own, past the element budget of :func:`_parse_with_element_budget`, and 32 MiB of
+      zeros are four million of them (PS3.10 7.1 allows none in a stored file).
+    """
+    import io
+
+    from pydicom.filereader import _read_file_meta_info, data_element_generator
 
     try:
         with open(path, "rb") as f:
             f.seek(132)  # preamble and DICM marker
-            file_meta = _read_file_meta_info(f)
-            if str(file_meta.get("TransferSyntaxUID", "")) != _DEFLATED_TS:
+            syntax = str(_read_file_meta_info(f).get("TransferSyntaxUID", ""))
+            data_set = io.BytesIO(_inflate_bounded(f, display)) if syntax == _DEFLATED_TS else f
+            start = data_set.tell()
+            if data_set.read(2) != b"\0\0":  # the first element is not in group 0000: the usual case
                 return
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            budget = MAX_INFLATED_BYTES + 1  # never 0 in a call: max_length=0 means "no limit"
-            while budget > 0 and (block := f.read(1 << 16)):
-                budget -= len(inflater.decompress(block, budget))
-                while budget > 0 and inflater.unconsumed_tail:
-                    budget -= len(inflater.decompress(inflater.unconsumed_tail, budget))
+            data_set.seek(start)
+            elements = data_element_generator(data_set, is_implicit_VR=syntax == "1.2.840.10008.1.2",
+                                              is_little_endian=syntax != "1.2.840.10008.1.2.2",
+                                              stop_when=lambda tag, _vr, _length: tag.group != 0, defer_size=256)
+            for count, _ in enumerate(elements, 1):
+                if count > MAX_COMMAND_ELEMENTS:
+                    raise ScanError(f"{display}: more than {MAX_COMMAND_ELEMENTS} command elements (group 0000) "
+                                    "in the data set; a stored CT image has none (a broken or hostile file)")
+    except ScanError:
+        raise
+    except Exception:  # a broken file meta or element: the parser reports it
+        return
+
+
+def _inflate_bounded(f, display: str) -> bytes:
+    """The inflated data set of a deflated file, or ScanError past MAX_INFLATED_BYTES (a deflate bomb)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    parts, budget = [], MAX_INFLATED_BYTES + 1  # never 0 in a call: max_length=0 means "no limit"
+    try:
+        while budget > 0 and (block := f.read(1 << 16)):
+            parts.append(inflater.decompress(block, budget))
+            budget -= len(parts[-1])
+            while budget > 0 and inflater.unconsumed_tail:
+                parts.append(inflater.decompress(inflater.unconsumed_tail, budget))
+                budget -= len(parts[-1])
     except zlib.error:
         raise ScanError(f"{display}: corrupt DICOM file (its deflated data set cannot be inflated)") from None
-    except Exception:  # a broken file meta: the parser reports it
-        return
     if budget <= 0:
         raise ScanError(
             f"{display}: the deflated data set inflates to more than {MAX_INFLATED_BYTES // 1024**2} MiB; "
             "refusing a likely deflate bomb"
         )
+    return b"".join(parts)
 
 
 class _TooManyElements(Exception):

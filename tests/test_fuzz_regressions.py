@@ -4,6 +4,7 @@ replayed through its fuzz target: only named errors may come out. `make fuzz` ad
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,4 +23,7 @@ def test_the_regressions_are_there():
 
 @pytest.mark.parametrize("target, path", CASES, ids=[f"{t}/{p.name}" for t, p in CASES])
 def test_fuzz_regression(target, path):
+    """Only named errors, and within the fuzzer's time limit (a ``timeout-`` finding is a slow input)."""
+    started = time.perf_counter()
     targets.TARGETS[target](path.read_bytes())  # raises only on a finding
+    assert time.perf_counter() - started < 5, f"{path.name} took {time.perf_counter() - started:.1f} s"

@@ -397,6 +397,37 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated(series_copy):
         read_scan(series_copy)
 
 
+def _empty_private_elements(n: int) -> bytes:
+    """``n`` empty LO elements (0009,0010), (0009,0011), ... in Explicit VR Little Endian."""
+    import struct
+
+    return b"".join(struct.pack("<HH2sH", 0x0009, 0x0010 + k % 0xFF00, b"LO", 0) for k in range(n))
+
+
+@pytest.mark.parametrize("payload", ["zeros", "private"])
+@pytest.mark.parametrize("deflated", [True, False])
+def test_a_header_of_millions_of_empty_elements_is_refused_at_once(series_copy, deflated, payload):
+    """atheris found 121 KB deflated into 32 MiB of zeros, four million empty command elements (0000,0000):
+    pydicom took 20 s to read it. The same bytes stored plainly are as slow, and so are other empty
+    elements. Each is refused within a second or so."""
+    import time
+    import zlib
+
+    files = _files(series_copy)
+    data_set = b"\0" * (4 * 1024**2) if payload == "zeros" else _empty_private_elements(100_000)
+    _deflated_copy(files[3], files[3], payload=data_set)
+    if not deflated:  # the same data set, inflated, in Explicit VR Little Endian
+        data = files[3].read_bytes()
+        meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")
+        meta = data[:meta_end].replace(b"1.2.840.10008.1.2.1.99", b"1.2.840.10008.1.2.1\0\0\0")  # same length
+        files[3].write_bytes(meta + zlib.decompress(data[meta_end:], -zlib.MAX_WBITS))
+    started = time.perf_counter()
+    message = "more than 64 command elements" if payload == "zeros" else "more than 20000 data elements"
+    with pytest.raises(ScanError, match=message):
+        read_scan(series_copy)
+    assert time.perf_counter() - started < 5
+
+
 def test_a_corrupt_deflated_data_set_is_a_named_error_not_zlib_error(series_copy):
     files = _files(series_copy)
     _deflated_copy(files[3], files[3])
