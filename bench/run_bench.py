@@ -1,7 +1,7 @@
 """`make bench`: speed of every stage on a ~500-slice 512x512 chest CT, with baselines from the same run.
 
 The scan is the bundled real chest CT (64 slices of 5 mm) resampled to thin
-slices with hybrid lesions (coviax.phantom), written as a DICOM series. Each
+slices with hybrid lesions (coviax_research.phantom), written as a DICOM series. Each
 measured job runs in its own process (bench/child.py) so its peak memory is
 its own. Baselines measured in the same run, on the same scan:
 
@@ -59,7 +59,7 @@ def machine() -> str:
 def build_scan(cache: Path, thickness_mm: float, seed: int = 2024) -> Path:
     """The benchmark scan as a DICOM series (cached)."""
     from coviax.cli import sample_scan_path
-    from coviax.phantom import make_phantom, write_phantom
+    from coviax_research.phantom import make_phantom, write_phantom
     from coviax.scan import read_scan
 
     folder = cache / f"scan-{thickness_mm:g}mm-seed{seed}"
@@ -124,7 +124,8 @@ def lungmask_weights(cache: Path) -> str:
 
 
 def bench_quantities(labels: np.ndarray, spacing) -> dict:
-    from coviax.quantify import naive_scipy_blobs, quantify
+    from baselines import naive_scipy_blobs  # bench/baselines.py (this script's folder is on sys.path)
+    from coviax.quantify import quantify
     from coviax.scan import Volume
 
     lungs = (labels > 0).astype(np.uint8)

@@ -1,4 +1,10 @@
-"""``coviax`` command line: ``segment`` (and ``stats``, ``phantom``, ``eval``, ``serve``, ``train`` as they land).
+"""``coviax`` command line: ``segment`` here; every other command is a plugin.
+
+Plugins are entry points of the group ``coviax.commands`` (``name = "module:add_parser_function"``,
+optionally with the extra that provides it, ``[service]``): ``serve`` (coviax_service), ``train``
+(coviax_trainer), ``phantom``, ``eval`` and ``stats`` (coviax_research). The core never imports them by
+name; a command's module is imported only when that command is run (all of them for ``--help``), and a
+command whose module cannot be imported answers with the extra to install.
 
 ``main(argv=None)`` returns the exit code, so tests call it directly. Errors
 the user can act on (:class:`coviax.errors.CoviaxError`) print one line and exit
@@ -8,6 +14,7 @@ with code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -106,7 +113,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command`` (a plugin's name) only that plugin is imported, else all of them."""
     parser = argparse.ArgumentParser(
         prog="coviax",
         description="Quantify COVID-19 lung damage in chest CT. " + RESEARCH_USE_NOTICE,
@@ -137,28 +145,62 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--blobs", type=int, default=10, help="number of largest lesion blobs to report")
     seg.set_defaults(func=_cmd_segment)
 
-    for module in ("coviax.stats_cli", "coviax.phantom_cli", "coviax.eval_cli", "coviax_service.cli", "coviax_trainer.cli"):
-        _add_optional(sub, module)
+    only = command if command in {e.name for e in _plugin_commands()} else None
+    for entry in _plugin_commands():
+        if only is None or entry.name == only:
+            _add_plugin(sub, entry)
     return parser
 
 
-def _add_optional(sub, module: str) -> None:
-    """Sub-commands from modules that may not be installed in a slim install (e.g. the client)."""
-    import importlib
+#: The entry-point group of the ``coviax`` sub-commands.
+COMMANDS_GROUP = "coviax.commands"
 
+
+def _plugin_commands() -> list:
+    """The entry points of :data:`COMMANDS_GROUP` of every installed distribution, by name.
+
+    Read from each distribution's metadata, not with ``entry_points(group=...)``: that keeps only the
+    first metadata found per distribution name, and a stale ``coviax.egg-info`` in the working
+    folder would hide the installed one's commands.
+    """
+    from importlib.metadata import distributions
+
+    found: dict = {}
+    for dist in distributions():
+        for entry in dist.entry_points.select(group=COMMANDS_GROUP):
+            found.setdefault(entry.name, entry)
+    return [found[name] for name in sorted(found)]
+
+
+def _add_plugin(sub, entry) -> None:
+    """Register ``entry``'s sub-command; one that cannot be imported answers with what to install."""
     try:
-        mod = importlib.import_module(module)
+        add_parser = entry.load()
     except ImportError as exc:
-        if exc.name and exc.name.startswith("coviax"):
-            return
-        raise
-    for name in dir(mod):
-        if name.startswith("add_") and name.endswith("_parser"):
-            getattr(mod, name)(sub)
+        extra = entry.extras[0] if entry.extras else None
+        missing = exc.name or str(exc)
+        install = f"pip install 'coviax[{extra}]'" if extra else "install the package that provides it"
+        message = f"coviax {entry.name} is not available here ({missing} is missing): {install}"
+        # no option prefix: every argument, --help included, is taken and the command answers the message
+        p = sub.add_parser(entry.name, help=f"(not installed: {install})", add_help=False, prefix_chars="\x1f")
+        p.add_argument("rest", nargs="*")
+        p.set_defaults(func=functools.partial(_unavailable, message))
+        return
+    add_parser(sub)
+
+
+def _unavailable(message: str, _args: argparse.Namespace) -> int:
+    raise CoviaxError(message)
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv`` (its first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     # Only our own loggers speak at INFO: libraries (highdicom) log study UIDs at INFO.
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")

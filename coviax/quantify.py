@@ -156,14 +156,3 @@ def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
     ys = np.flatnonzero(plane.any(axis=1))
     xs = np.flatnonzero(plane.any(axis=0))
     return (slice(int(zs[0]), int(zs[-1]) + 1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
-
-
-def naive_scipy_blobs(labels: np.ndarray) -> tuple[np.ndarray, list]:
-    """The naive reference (label + center_of_mass over all labels), for tests and ``make bench`` only."""
-    from scipy import ndimage
-
-    lesion = labels >= Label.GGO
-    components, count = ndimage.label(lesion, structure=np.ones((3, 3, 3)))
-    sizes = ndimage.sum_labels(lesion, components, index=np.arange(1, count + 1))
-    centroids = ndimage.center_of_mass(lesion, components, index=np.arange(1, count + 1))
-    return np.asarray(sizes), centroids

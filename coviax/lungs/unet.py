@@ -3,7 +3,7 @@
 Why a network and not only morphology: the classical method must close the lung by 20 mm to
 keep consolidation at the pleura inside, and that closing also pulls in hilar soft tissue and
 the heart's border. The network learned what the closing was for without the closing: its
-targets are the lungs *before* lesions were inserted (:func:`coviax.realdata.reference_lung_mask`)
+targets are the lungs *before* lesions were inserted (:func:`coviax_research.realdata.reference_lung_mask`)
 and its inputs include phantoms whose consolidation reaches the pleura
 (:mod:`coviax_trainer.supervised`, ``--task lungs``).
 

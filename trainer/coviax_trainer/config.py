@@ -14,9 +14,9 @@ list of entries, each with exactly one of:
     a DICOM folder or zip, NIfTI, MHA or NRRD file (relative paths are resolved
     against the config file's folder, then the working directory);
 ``phantom: {seeds, severities, noise_sigma_hu, slice_thickness_mm}``
-    hybrid phantoms (:func:`coviax.phantom.make_phantom`) built from the bundled
+    hybrid phantoms (:func:`coviax_research.phantom.make_phantom`) built from the bundled
     CT, one per seed. ``seeds`` is a list or a ``"A-B"`` range (inclusive) and
-    must lie in ``coviax.phantom.TRAIN_SEED_RANGE``, never in ``EVAL_SEEDS``;
+    must lie in ``coviax_research.phantom.TRAIN_SEED_RANGE``, never in ``EVAL_SEEDS``;
     the other values may be single values or lists, cycled over the seeds
     (seed i gets ``severities[i % len(severities)]``). Only ``phantom.volume``
     is ever read: the trainer never sees a phantom's ground truth.
@@ -265,7 +265,7 @@ def _expand_phantoms(entry: Any, where: str) -> list[ScanSpec]:
     if extra:
         raise TrainConfigError(f"{where}.phantom: unknown key(s) {sorted(extra)}; allowed: {sorted(_PHANTOM_KEYS)}")
     seeds = _parse_seeds(entry["seeds"], where)
-    from coviax import phantom as ph
+    from coviax_research import phantom as ph
 
     train_range = ph.TRAIN_SEED_RANGE
     eval_seeds = set(ph.EVAL_SEEDS)

@@ -1,4 +1,4 @@
-"""Reading ``coviax eval``'s results.json (format ``coviax.eval/1``, owned by coviax/evaluate.py) for the model card."""
+"""Reading ``coviax eval``'s results.json (format ``coviax.eval/1``, owned by research/coviax_research/evaluate.py) for the model card."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def load_scan(spec: ScanSpec, pre: Preprocess) -> Volume:
     if spec.kind == "path":
         return preprocess(read_scan(spec.path), pre)
     if spec.kind == "phantom":
-        from coviax.phantom import make_phantom
+        from coviax_research.phantom import make_phantom
 
         phantom = make_phantom(
             _bundled_full(),

@@ -8,8 +8,8 @@ teaches the same network (same :class:`coviax.lesions.unet_model.UNet2D`, same a
 loss, same Ray Train loop) from labels that are right:
 
 - **Hybrid phantoms of every training patient** (:data:`TRAIN_PATIENT_ROLE` cases of
-  :mod:`coviax.realdata`) with the generator's exact labels, on the patient's *reference* lung
-  (:func:`coviax.realdata.reference_lung_mask`, not the product's lung method).
+  :mod:`coviax_research.realdata`) with the generator's exact labels, on the patient's *reference* lung
+  (:func:`coviax_research.realdata.reference_lung_mask`, not the product's lung method).
 - **The clean scans themselves** as hard negatives: every lung voxel is healthy lung or vessel
   (the phantoms' rule: vessel above -500 HU), so the edge band, fissures, airway walls and
   dependent density are taught as "not a lesion".
@@ -51,7 +51,7 @@ TRAIN_PATIENT_ROLE = "train"
 
 def clean_labels(hu: np.ndarray, lung: np.ndarray) -> np.ndarray:
     """Labels of a scan with no COVID lesions: vessel above -500 HU in the lung, else healthy lung."""
-    from coviax.phantom import VESSEL_HU
+    from coviax_research.phantom import VESSEL_HU
 
     labels = np.zeros(hu.shape, np.uint8)
     labels[lung] = np.where(hu[lung] > VESSEL_HU, np.uint8(Label.VESSEL), np.uint8(Label.HEALTHY_LUNG))
@@ -68,9 +68,9 @@ def add_tumour(labels: np.ndarray, hu: np.ndarray, gtv: np.ndarray) -> np.ndarra
 
 def case_examples(case_id: str, validation: bool = False) -> list[dict]:
     """(hu, labels, lung) stacks of the lung-holding slices of one training case: clean scan + phantoms."""
-    from coviax import realdata
+    from coviax_research import realdata
     from coviax.lungs import LungMask
-    from coviax.phantom import make_phantom
+    from coviax_research.phantom import make_phantom
 
     case = realdata.CASES_BY_ID[case_id]
     if case.role != TRAIN_PATIENT_ROLE:
@@ -155,7 +155,7 @@ def lung_task_arrays(info: dict, data_dir: Path) -> dict:
 
 
 def heldout_patients() -> list[str]:
-    from coviax import realdata
+    from coviax_research import realdata
 
     return sorted({c.patient for c in realdata.CASES if c.role != TRAIN_PATIENT_ROLE})
 
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from coviax import realdata
+    from coviax_research import realdata
     from coviax_trainer.config import Augmentation, ModelConfig, TrainConfig
     from coviax_trainer.progress import Reporter
     from coviax_trainer.train import fit
