@@ -1,7 +1,9 @@
 """COViaX client: the SDK (:class:`CoviaxClient`), the ``coviax-client`` CLI and a DICOM C-STORE listener.
 
-Needs only grpcio, protobuf, pydicom and numpy (rich for progress bars and
-pynetdicom for the listener, both optional); never torch or the COViaX core.
+Its own distribution (clients/pyproject.toml, ``pip install ./clients``): grpcio, protobuf and pydicom;
+the extras ``dicom`` (pynetdicom: the C-STORE listener and sender), ``progress`` (rich: progress bars)
+and ``arrays`` (numpy: :meth:`CoviaxClient.segment_array`). Never torch, numpy-only science or the
+COViaX core (tests/test_client_package.py imports it with those blocked).
 Research use only; not a medical device.
 """
 

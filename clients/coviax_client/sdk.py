@@ -24,14 +24,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import grpc
-import numpy as np
 
 from coviax_api.coviax.v1 import coviax_pb2 as pb
 from coviax_api.coviax.v1 import coviax_pb2_grpc as pb_grpc
 from coviax_client.files import Instance, chunks, collect_instances
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CHUNK_BYTES = 1024 * 1024
 MAX_MESSAGE = 8 * 1024 * 1024
@@ -218,7 +220,12 @@ class CoviaxClient:
     def segment_array(self, hu: np.ndarray, spacing_zyx, origin_xyz=(0.0, 0.0, 0.0), direction=None,
                       progress: Callable[[dict], None] | None = None, *, timeout: float | None = None,
                       slices_per_message: int = 4, **options) -> Result:
-        """Send a volume held in memory (int16 HU, z y x) as RawSlices; no DICOM SEG is made for it."""
+        """Send a volume held in memory (int16 HU, z y x) as RawSlices; no DICOM SEG is made for it.
+
+        Needs numpy (``pip install 'coviax-client[arrays]'``); nothing else in the client does.
+        """
+        import numpy as np
+
         hu = np.ascontiguousarray(hu, dtype="<i2")
         if hu.ndim != 3:
             raise ValueError(f"hu must be 3D (z, y, x); got shape {hu.shape}")
