@@ -273,8 +273,3 @@ WRITERS = (
     ("sc", _write_secondary_capture),
     ("sr", _write_sr),
 )
-
-
-def label_counts(labels: np.ndarray) -> dict[int, int]:
-    """Voxels per label code (for tests and diagnostics)."""
-    return {int(k): int(np.count_nonzero(labels == k)) for k in range(5)}

@@ -164,17 +164,6 @@ class Phantom:
     truth: dict
 
 
-def severity_of_fraction(fraction: float) -> str:
-    """The severity whose nominal range holds a lesion fraction (0..1)."""
-    if fraction <= 0:
-        return "none"
-    for name in SEVERITIES[1:]:
-        low, high = SEVERITY_RANGES[name]
-        if fraction < high:
-            return name
-    return "critical"
-
-
 def make_phantom(
     source: Volume,
     seed: int,

@@ -80,10 +80,6 @@ PACKAGES: dict[str, Package] = {
     ),
 }
 
-#: TotalSegmentator's label codes of the five lung lobes (its ``total`` task, v2).
-TS_LUNG_LOBE_CODES = (10, 11, 12, 13, 14)
-
-
 @dataclass(frozen=True)
 class RealCase:
     """One real scan of one patient and what its source says about it."""
@@ -96,7 +92,6 @@ class RealCase:
     description: str
     covid: bool = False
     known_lesion_ml: float = 0.0  # non-COVID lesion volume the source tells of but does not outline
-    lobes: str | None = None  # TotalSegmentator lobe labels on the same grid (a lung truth not made by us)
     heart: str | None = None  # TotalSegmentator heart mask on the same grid
     gtv_rtstruct: bool = False  # the DICOM folder holds an RT structure set outlining the tumour
     cropped: bool = False  # the field of view cuts through the body (one side of the chest)
@@ -202,13 +197,6 @@ def _mask_on_grid(volume, path: Path, codes: tuple[int, ...] | None) -> np.ndarr
     resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
     labels = sitk.GetArrayFromImage(resampled)
     return np.isin(labels, codes) if codes else labels > 0
-
-
-def lobe_mask(case: RealCase, volume) -> np.ndarray | None:
-    """TotalSegmentator's lungs (all five lobes) on ``volume``'s grid, or None."""
-    if not case.lobes:
-        return None
-    return _mask_on_grid(volume, package_dir(case.package) / case.lobes, TS_LUNG_LOBE_CODES)
 
 
 def heart_mask(case: RealCase, volume) -> np.ndarray | None:

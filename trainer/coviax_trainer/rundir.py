@@ -152,10 +152,6 @@ class RunDir:
         with open(self.path(LOG_FILE), "a") as f:
             f.write(line)
 
-    def log_lines(self) -> list[str]:
-        p = self.path(LOG_FILE)
-        return p.read_text().splitlines() if p.is_file() else []
-
     def mark_started(self, stage: str) -> None:
         state = self.state()
         info = state["stages"].setdefault(stage, {})
