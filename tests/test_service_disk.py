@@ -64,3 +64,28 @@ def test_a_full_disk_during_an_upload_and_the_recovery(small_disk, tmp_path):
         filler.unlink()  # room again: the same key makes a new job, which runs
         result = client.segment(series, outputs=["report"], idempotency_key="full-disk")
         assert result.job_id != job.job_id and client.get_job(result.job_id).state == pb.DONE
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_while_the_results_are_written(small_disk, tmp_path):
+    """The upload fits but the artifacts do not: RESOURCE_EXHAUSTED, no partial artifact or job folder, no
+    row left RUNNING, the worker still serves, and the same scan runs once there is room."""
+    series = make_small_series(tmp_path / "series", n=12)
+    scan_bytes = sum(p.stat().st_size for p in series.glob("*.dcm"))
+    outputs = ["report", "nifti", "seg", "png", "html", "sr", "sc"]
+    with running_server(small_disk / "data", workers=1) as st, \
+            CoviaxClient(f"127.0.0.1:{st.port}", timeout=180, retries=0) as client:
+        filler = _fill(small_disk, leave=scan_bytes + 96 * 1024)  # the upload and the rows fit, the results not
+        with pytest.raises(CoviaxClientError) as err:
+            client.segment(series, outputs=outputs, idempotency_key="full-at-export")
+        assert err.value.code == "RESOURCE_EXHAUSTED" and "disk is full" in err.value.message, err.value
+        stub = pb_grpc.CoviaxStub(client.channel)
+        [job] = stub.ListJobs(pb.ListJobsRequest(), timeout=30).jobs
+        assert job.state == pb.FAILED and job.error.code == "RESOURCE_EXHAUSTED"
+        assert not (small_disk / "data" / "jobs" / job.job_id).exists()  # no partial artifact left
+        assert not stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=30).artifacts
+        wait_for(lambda: sample_value(st, "coviax_scans_in_flight") == 0, what="the slot released")
+        assert client.health() == "SERVING"
+        filler.unlink()
+        result = client.segment(series, outputs=outputs, idempotency_key="full-at-export")
+        assert result.job_id != job.job_id and client.get_job(result.job_id).state == pb.DONE

@@ -238,13 +238,13 @@ def test_retention_picks_old_jobs_then_oldest_over_the_byte_limit(tmp_path):
 
 _SERVER_WITH_A_POOL = """
 import multiprocessing, os, sys, time
-from concurrent.futures import ProcessPoolExecutor
 from coviax_service import worker
+from coviax_service.processes import CappedProcessPool
 
 if __name__ == "__main__":
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(2, mp_context=ctx, initializer=worker.init_worker,
-                               initargs=(ctx.SimpleQueue(), os.getpid()))
+    pool = CappedProcessPool("worker", 2, 8 * 1024**3, worker.init_worker,
+                             (multiprocessing.get_context("spawn").SimpleQueue(),))
+    pool.start()
     pids = {f.result() for f in [pool.submit(os.getpid) for _ in range(8)]}
     print(" ".join(str(p) for p in sorted(pids)), flush=True)
     time.sleep(300)
@@ -456,5 +456,86 @@ def test_a_client_gone_while_its_row_is_written_leaves_no_receiving_row(parts):
         assert (row["state"], row["error_code"]) == ("FAILED", "CANCELLED")
         assert parts.metrics.results.labels(code="CANCELLED")._value.get() == 1.0
         assert not parts.scheduler.holders and parts.scheduler.reserved == 0 and not parts.live
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ 3D workers: memory cap, a dying worker (item 2)
+
+
+def test_a_worker_over_its_memory_cap_fails_its_work_and_a_dead_worker_is_replaced():
+    """The 3D workers' pool: an allocation past COVIAX_WORKER_MEMORY_GB is a MemoryError in the worker
+    (RESOURCE_EXHAUSTED), a worker that dies breaks the executor, which is replaced once; work goes on."""
+    import os
+    from concurrent.futures.process import BrokenProcessPool
+
+    from coviax_service import worker
+    from coviax_service.processes import CappedProcessPool
+
+    pool = CappedProcessPool("worker", 1, 2 * 1024**3, worker.init_worker, (None,))
+    pool.start()
+    try:
+        big = pool.submit(bytearray, 4 * 1024**3)  # 4 GiB asked for in a 2 GiB worker
+        with pytest.raises(MemoryError) as info:
+            big.result(60)
+        assert classify(info.value)[0] == "RESOURCE_EXHAUSTED"
+        first = pool.pids()
+        dying = pool.submit(os._exit, 9)
+        with pytest.raises(BrokenProcessPool):
+            dying.result(60)
+        pool.replace(dying.executor)
+        pool.replace(dying.executor)  # a second caller that saw the same break starts nothing more
+        assert pool.replaced == 1
+        assert pool.submit(os.getpid).result(60) not in first
+    finally:
+        pool.close()
+
+
+class _DyingPool:
+    """A worker pool whose first ``deaths`` submissions break (a worker died), then the work succeeds."""
+
+    memory_bytes = 8 * 1024**3
+
+    def __init__(self, deaths: int):
+        self.deaths, self.replaced, self.executor = deaths, 0, object()
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+        from concurrent.futures.process import BrokenProcessPool
+
+        future = Future()
+        future.executor = self.executor
+        if self.deaths:
+            self.deaths -= 1
+            future.set_exception(BrokenProcessPool("A process in the process pool was terminated abruptly"))
+        else:
+            future.set_result({"report": {"vr_all": 0.0}, "artifacts": []})
+        return future
+
+    def replace(self, broken):
+        if broken is self.executor:
+            self.replaced, self.executor = self.replaced + 1, object()
+
+
+@pytest.mark.parametrize("deaths, state, code", [(1, "DONE", ""), (2, "FAILED", "RESOURCE_EXHAUSTED")])
+def test_a_job_whose_worker_died_is_tried_once_more(parts, deaths, state, code):
+    """Another scan's worker death takes every job of the executor with it: each gets one more try on new
+    workers. A scan whose worker dies twice ends RESOURCE_EXHAUSTED naming the cap; the slot is freed."""
+
+    class NoPredictions:
+        async def predictions(self, job):
+            return {}
+
+    parts.runner.predictor = NoPredictions()
+    parts.runner.pool = pool = _DyingPool(deaths)
+
+    async def main():
+        job, _ = await parts.admission.admit(JobRequest(), streaming=True)
+        await asyncio.wait_for(parts.runner.run(job), 10)
+        row = parts.store.call_sync(parts.store.get, job.job_id)
+        assert (row["state"], row["error_code"]) == (state, code)
+        if code:
+            assert "died twice" in row["error_message"] and "COVIAX_WORKER_MEMORY_GB" in row["error_message"]
+        assert pool.replaced == deaths and not parts.scheduler.holders
 
     asyncio.run(main())

@@ -36,6 +36,7 @@ class ServiceConfig:
     tls_client_ca: str | None = None  # set = mutual TLS (client certificates required)
     max_concurrent_scans: int = 4
     workers: int = 2
+    worker_memory_gb: float = 8.0  # address space of each worker process; 0 = no cap
     max_queued_slices: int = 2048
     max_scan_bytes: int = 2 * GiB
     max_slices: int = 2000
@@ -60,6 +61,11 @@ class ServiceConfig:
         for name in ("max_concurrent_scans", "workers", "max_queued_slices", "max_slices", "batch_slices"):
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if not self.worker_memory_gb >= 0:
+            raise OptionError(f"worker_memory_gb must be 0 (no cap) or more GiB (got {self.worker_memory_gb})")
+        if 0 < self.worker_memory_gb < 2:
+            raise OptionError(f"worker_memory_gb {self.worker_memory_gb}: a worker needs about 1.2 GiB of address "
+                              "space for its libraries alone; give at least 2 (or 0 for no cap)")
         for path in (self.tls_cert, self.tls_key, self.tls_client_ca, self.tokens_file):
             if path and not Path(path).is_file():
                 raise OptionError(f"{path}: no such file (named by a COVIAX_TLS_* / COVIAX_TOKENS_FILE setting)")

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
+
+from coviax_service.processes import CappedProcessPool
 
 log = logging.getLogger("coviax.service")
 
@@ -55,45 +55,27 @@ def decode_instance(path: Path) -> tuple[str, np.ndarray] | None:
     return key, hu
 
 
-def init_decoder(memory_bytes: int, server_pid: int) -> None:
-    """Decoder-process initializer: cap the address space, no core dumps, exit with the server."""
-    import resource
-
-    from coviax_service.worker import start_parent_watch
-
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    start_parent_watch(server_pid)
-
-
 class DecoderPool:
     """A few spawn processes with a memory limit that decode streamed instances."""
 
     def __init__(self, processes: int = DECODER_PROCESSES, memory_bytes: int = DECODER_MEMORY_BYTES):
+        self._pool = CappedProcessPool("decoder", processes, memory_bytes)
         self.processes = processes
-        self.memory_bytes = memory_bytes
-        self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
-        self._pool = ProcessPoolExecutor(
-            max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_decoder, initargs=(self.memory_bytes, os.getpid()),
-        )
+        self._pool.start()
 
     async def warm_up(self) -> None:
         """Start every process now (the first scan should not pay for it)."""
         await asyncio.gather(*(self.run(os.getpid) for _ in range(self.processes)))
 
     async def run(self, fn, *args):
-        """``fn(*args)`` in a decoder process. BrokenProcessPool (a process died) after the pool was rebuilt."""
-        pool = self._pool
+        """``fn(*args)`` in a decoder process. BrokenProcessPool (a process died) after the pool was replaced."""
+        future = self._pool.submit(fn, *args)
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+            return await asyncio.wrap_future(future)
         except BrokenProcessPool:
-            if self._pool is pool:  # the first caller to see the broken pool rebuilds it
-                log.warning("a decoder process died (memory limit or a crash in a decoder); restarting the pool")
-                self._stop(pool)
-                self.start()
+            self._pool.replace(future.executor)
             raise
 
     async def decode(self, path: Path) -> tuple[str, np.ndarray] | None:
@@ -106,18 +88,5 @@ class DecoderPool:
             log.warning("a streamed instance could not be decoded here (%s); the 3D read will", type(exc).__name__)
             return None
 
-    @staticmethod
-    def _stop(pool: ProcessPoolExecutor | None) -> None:
-        if pool is None:
-            return
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for p in processes:
-            if p.is_alive():
-                p.terminate()
-        for p in processes:
-            p.join(timeout=5)
-
     def close(self) -> None:
-        self._stop(self._pool)
-        self._pool = None
+        self._pool.close()

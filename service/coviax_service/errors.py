@@ -67,6 +67,15 @@ class LimitExceeded(ServiceError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class WorkerDied(LimitExceeded):
+    """The worker process analysing a scan died twice (its memory cap, the out-of-memory killer, a native crash)."""
+
+    def __init__(self, memory_bytes: int):
+        cap = f"{memory_bytes / 1024**3:.1f} GiB (COVIAX_WORKER_MEMORY_GB)" if memory_bytes else "no cap"
+        super().__init__(f"the process analysing this scan died twice: over the memory a worker may use ({cap}), "
+                         "stopped by the out-of-memory killer, or a crash in native code")
+
+
 class NotFound(ServiceError):
     code = "NOT_FOUND"
 
@@ -101,9 +110,10 @@ def classify(exc: BaseException, job_id: str | None = None, strip: tuple[str, ..
         return "INVALID_ARGUMENT", _clean(str(exc), strip)
     if isinstance(exc, (OptionError, WeightsNotFoundError, CoviaxError)):
         return "FAILED_PRECONDITION", _clean(str(exc), strip)
-    if isinstance(exc, MemoryError):
-        return "RESOURCE_EXHAUSTED", "the server ran out of memory for this scan"
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, MemoryError) or _native_out_of_memory(exc):
+        return "RESOURCE_EXHAUSTED", ("the scan needs more memory than a worker may use (COVIAX_WORKER_MEMORY_GB) "
+                                      "or than the server has free")
+    if disk_full(exc):
         log.warning("job %s: no space left on the server's disk", job_id or "-")
         return "RESOURCE_EXHAUSTED", "the server's disk is full; retry later (the same idempotency key makes a new job)"
     reference = uuid.uuid4().hex[:12]
@@ -116,3 +126,21 @@ def _clean(message: str, strip: tuple[str, ...]) -> str:
         if prefix:
             message = message.replace(prefix.rstrip("/") + "/", "").replace(prefix, "the upload")
     return message
+
+
+def _native_out_of_memory(exc: BaseException) -> bool:
+    """torch (``DefaultCPUAllocator: can't allocate memory``) and ITK (``std::bad_alloc``) report a failed
+    allocation as a RuntimeError; under the worker's memory cap that is the scan's size, not a bug."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "bad_alloc" in text)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT, also wrapped: pydicom's writer re-raises ``OSError("With tag (7FE0,0010) got
+    exception: ...")`` without the errno, the original as its ``__cause__``."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

@@ -73,6 +73,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_client_ca", str, "CA of client certificates: turns on mutual TLS (certificates required)"),
     Setting("max_concurrent_scans", int, "slots: scans uploading to Segment or being analysed"),
     Setting("workers", int, "processes for the 3D post-processing"),
+    Setting("worker_memory_gb", float, "address space of each of those processes, GiB; a scan that needs more "
+            "ends RESOURCE_EXHAUSTED; 0 = no cap"),
     Setting("max_queued_slices", int, "slices waiting for the engine"),
     Setting("max_scan_bytes", int, "bytes per uploaded scan", default_text="2 GiB"),
     Setting("max_slices", int, "instances per scan"),

@@ -14,17 +14,16 @@ are handed in (:class:`PrecomputedEngine`), keyed by SOPInstanceUID.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
-from coviax_service.errors import JobCancelled
+from coviax_service.errors import JobCancelled, disk_full
 
 _progress_queue = None
 
@@ -41,32 +40,13 @@ def media_type(file_name: str) -> str:
     return next((kind for suffix, kind in MEDIA_TYPES if name.endswith(suffix)), "application/octet-stream")
 
 
-#: How often a worker checks that the server that started it is still there (seconds).
-PARENT_CHECK_S = 1.0
-
-
-def init_worker(progress_queue, server_pid: int | None = None) -> None:
-    """Process-pool initializer: keep the queue that carries stage events to the server, and end this
-    worker when the server (``server_pid``, the pool's owner) is gone."""
+def init_worker(progress_queue) -> None:
+    """Worker initializer (after :mod:`coviax_service.processes` capped its memory and started the
+    watch on the server): keep the queue that carries stage events to the server."""
     global _progress_queue
     _progress_queue = progress_queue
     os.environ.setdefault("MPLBACKEND", "Agg")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    start_parent_watch(server_pid if server_pid is not None else os.getppid())
-
-
-def start_parent_watch(server_pid: int) -> None:
-    """End this process within PARENT_CHECK_S seconds once ``server_pid`` is no longer its parent."""
-    threading.Thread(target=_exit_with_parent, args=(server_pid,), name="coviax-parent-watch", daemon=True).start()
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Thread: a server killed with SIGKILL cannot stop its pool, and its workers (each holding a scan's
-    memory) would live on, each holding the pool's queues open. Once the parent is gone (this process was
-    re-parented, possibly before this thread started) the worker exits."""
-    while os.getppid() == parent_pid:
-        time.sleep(PARENT_CHECK_S)
-    os._exit(0)
 
 
 def warm_up(engine=None) -> int:
@@ -197,6 +177,12 @@ def process_job(job_id: str, job_dir: str, out_name: str, options, engine, predi
         result = run(scan, out_dir, opts, progress=progress, engine=engine)
     except MissingPredictions as need:
         return {"need": need.hu_by_z}
+    except OSError as exc:
+        # The exception is pickled back to the server without its __cause__; a library that wrapped
+        # ENOSPC in a plain OSError (pydicom's writer does) would come out as INTERNAL there.
+        if disk_full(exc):
+            raise OSError(errno.ENOSPC, "No space left on device while the results were written") from None
+        raise
     artifacts = []
     for name, path in result.artifacts.items():
         path = Path(path)

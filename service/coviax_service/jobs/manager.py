@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,7 @@ from coviax_service.jobs.runner import Runner
 from coviax_service.jobs.scheduler import Scheduler, resume
 from coviax_service.jobs.slices import SlicePredictor
 from coviax_service.jobs.uploads import Uploads
+from coviax_service.processes import CappedProcessPool
 from coviax_service.store import Store
 
 log = logging.getLogger("coviax.service")
@@ -56,7 +55,7 @@ class JobManager:
         self.engine = engine  # a prebuilt engine (tests); built in start() otherwise
         self.slice_engine: SliceEngine | None = None
         self.queue: InferenceQueue | None = None
-        self.pool: ProcessPoolExecutor | None = None
+        self.pool: CappedProcessPool | None = None
         self.live: dict[str, LiveJob] = {}
         self.lifecycle = Lifecycle()
         self.model_info: ServerDescription | None = None
@@ -99,12 +98,10 @@ class JobManager:
     async def start(self) -> None:
         """Build and warm up the engine and the workers, then resume the jobs left by the last run."""
         self._loop = asyncio.get_running_loop()
-        ctx = multiprocessing.get_context("spawn")
-        self._progress_queue = ctx.SimpleQueue()
-        self.pool = ProcessPoolExecutor(
-            max_workers=self.config.workers, mp_context=ctx, initializer=worker.init_worker,
-            initargs=(self._progress_queue, os.getpid()),
-        )
+        self._progress_queue = multiprocessing.get_context("spawn").SimpleQueue()
+        self.pool = CappedProcessPool("worker", self.config.workers, int(self.config.worker_memory_gb * 1024**3),
+                                      initializer=worker.init_worker, initargs=(self._progress_queue,))
+        self.pool.start()
         self.runner.pool = self.pool
         self._progress_thread = threading.Thread(target=self._read_progress, name="coviax-progress", daemon=True)
         self._progress_thread.start()
@@ -147,7 +144,7 @@ class JobManager:
 
     async def _warm_up(self) -> None:
         loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(self.pool, worker.warm_up, None if self.slice_engine else self.engine)
+        futures = [loop.run_in_executor(self.pool.executor, worker.warm_up, None if self.slice_engine else self.engine)
                    for _ in range(self.config.workers)]
         if self.slice_engine is not None:
             await self.queue.run_now(np.full((1, 512, 512), -1000, dtype=np.int16))
@@ -205,13 +202,7 @@ class JobManager:
         if self.queue is not None:
             await self.queue.stop()
         if self.pool is not None:
-            processes = list(getattr(self.pool, "_processes", {}).values())
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            for p in processes:
-                if p.is_alive():
-                    p.terminate()
-            for p in processes:
-                p.join(timeout=5)
+            self.pool.close()
         if self.predictor is not None:
             self.predictor.decoder.close()
         if self._progress_queue is not None:

@@ -16,7 +16,9 @@ import shutil
 import time
 
 from coviax_service import worker
-from coviax_service.errors import PROCESS_EXITS, JobCancelled, classify
+from concurrent.futures.process import BrokenProcessPool
+
+from coviax_service.errors import PROCESS_EXITS, JobCancelled, WorkerDied, classify
 from coviax_service.jobs.model import JobState, Lifecycle, LiveJob
 
 log = logging.getLogger("coviax.service")
@@ -74,12 +76,22 @@ class Runner:
             job.extra += job.received
             self.scheduler.queue.add_extra(job.received)
             self.scheduler.update_depth()
-        for _ in range(2):
+        deaths = 0
+        for _ in range(3):
             for old in job_dir.glob("out-*"):
                 shutil.rmtree(old, ignore_errors=True)
-            job.worker_future = self.pool.submit(
+            job.worker_future = future = self.pool.submit(
                 worker.process_job, job.job_id, str(job_dir), f"out-{job.attempt}", job.options, engine, predictions)
-            outcome = await asyncio.wrap_future(job.worker_future, loop=loop)
+            try:
+                outcome = await asyncio.wrap_future(future, loop=loop)
+            except BrokenProcessPool:
+                # A worker died: this job's, or another's that took every job of the pool with it.
+                # New workers, and one more try; a scan that kills its worker twice is the culprit.
+                self.pool.replace(future.executor)
+                deaths += 1
+                if deaths == 2 or job.terminal:
+                    raise WorkerDied(self.pool.memory_bytes) from None
+                continue
             if "need" not in outcome:
                 return outcome
             log.warning("job %s: %d slices without a streamed prediction; predicting them now",
