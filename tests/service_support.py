@@ -129,3 +129,18 @@ def make_certificates(folder: Path) -> dict[str, Path]:
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
     return {n: folder / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+def header_identifiers(series) -> set[str]:
+    """Every person name, ID, date and time value (6 characters or more) in the headers of ``series``'s
+    instances: none may appear in what the service logs or exports as metrics."""
+    import pydicom
+
+    values = set()
+    for path in series.glob("*.dcm"):
+        for elem in pydicom.dcmread(path, stop_before_pixels=True).iterall():
+            if elem.VR in ("PN", "DA", "DT", "TM") or elem.keyword.endswith("ID"):
+                for v in (elem.value if elem.VM > 1 else [elem.value]):
+                    if v is not None and len(str(v)) >= 6:
+                        values.add(str(v))
+    return values

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from malformed_corpus import EXPECTED, cases
-from service_support import make_small_series, running_server, sample_value, wait_for
+from service_support import header_identifiers, make_small_series, running_server, sample_value, wait_for
 
 pytest.importorskip("grpc_health")
 
@@ -50,20 +50,6 @@ def _requests(case):
             yield pb.SegmentRequest(chunk=pb.DicomChunk(instance_index=index, data=data[start:start + CHUNK],
                                                         last=start + CHUNK >= len(data)))
     yield pb.SegmentRequest(end=pb.EndOfScan())
-
-
-def _identifiers(series) -> set[str]:
-    """Every person name, ID, date and time value in the headers of the corpus's source instances."""
-    import pydicom
-
-    values = set()
-    for path in series.glob("*.dcm"):
-        for elem in pydicom.dcmread(path, stop_before_pixels=True).iterall():
-            if elem.VR in ("PN", "DA", "DT", "TM") or elem.keyword.endswith("ID"):
-                for v in (elem.value if elem.VM > 1 else [elem.value]):
-                    if v is not None and len(str(v)) >= 6:
-                        values.add(str(v))
-    return values
 
 
 @pytest.mark.slow
@@ -107,7 +93,7 @@ def test_malformed_corpus_through_the_api(tmp_path, caplog):
                   for j in stub.ListJobs(pb.ListJobsRequest(state=state), timeout=30).jobs]
         assert not active
         # no patient name, ID, date or time of the inputs in the replies, the server's log or its metrics
-        identifiers = _identifiers(series)
+        identifiers = header_identifiers(series)
         assert "Lung_Dx-A0001" in identifiers
         said = "\n".join(replies) + caplog.text + generate_latest(st.server.metrics.registry).decode()
         leaked = sorted(v for v in identifiers if v in said)

@@ -3,8 +3,10 @@
 Mixed traffic: 1 % malformed uploads, 5 % uploads abandoned mid-stream, 10 % calls with a short
 deadline, 3 % jobs cancelled by CancelJob, the rest plain scans. It fails on any status that the
 action cannot explain, on resident memory of the server growing by more than 5 % after the warm-up,
-on open file descriptors growing, on ``coviax_results_total`` not matching the job rows, and on jobs
-not in a final state at the end. ``make test`` runs 3 minutes; ``make soak MINUTES=30``.
+on open file descriptors growing, on ``coviax_results_total`` not matching the job rows, on jobs
+not in a final state at the end, and on any person name, ID, date or time of the scans' headers in the
+server's log (its workers' too) or metrics. ``make test`` runs 3 minutes; ``make soak MINUTES=30``;
+``COVIAX_SOAK_ENGINE=unet`` soaks a U-Net server.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import urllib.request
 import grpc
 import pytest
 
-from service_support import free_port, make_small_series
+from service_support import free_port, header_identifiers, make_small_series
 
 pytest.importorskip("grpc_health")
 
@@ -32,6 +34,8 @@ from coviax_api.coviax.v1 import coviax_pb2_grpc as pb_grpc  # noqa: E402
 from coviax_client import CoviaxClient  # noqa: E402
 
 SECONDS = float(os.environ.get("COVIAX_SOAK_SECONDS", "180"))
+#: kmeans (3D, in the workers) or unet (the shipped U-Net B in the server process, slices as they arrive)
+ENGINE = os.environ.get("COVIAX_SOAK_ENGINE", "kmeans")
 CLIENTS = 8
 WARM_UP_FRACTION = 0.25
 EXPECTED = {  # action -> status codes it may end with
@@ -98,9 +102,12 @@ def _one(stub, rng: random.Random, instances, junk) -> tuple[str, str]:
         return action, err.code().name
 
 
-def _metrics(port: int) -> dict[str, float]:
+def _metrics_text(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+        return response.read().decode()
+
+
+def _results(text: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r'^coviax_results_total\{code="(\w+)"\} (\S+)$', text, re.M)}
 
 
@@ -112,7 +119,7 @@ def test_soak(tmp_path):
     port, metrics_port, data = free_port(), free_port(), tmp_path / "data"
     cmd = [sys.executable, "-m", "coviax.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--metrics-port", str(metrics_port), "--data-dir", str(data), "--workers", "2",
-           "--max-concurrent-scans", "4", "--lungs", "classical", "--engine", "kmeans", "--drain-seconds", "10"]
+           "--max-concurrent-scans", "4", "--lungs", "classical", "--engine", ENGINE, "--drain-seconds", "10"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVIAX_")}
     server = subprocess.Popen(cmd, stdout=open(tmp_path / "server.log", "wb"), stderr=subprocess.STDOUT, env=env)
     try:
@@ -164,13 +171,19 @@ def test_soak(tmp_path):
                 token = page.next_page_token
                 if not token:
                     break
-            metrics = _metrics(metrics_port)
+            metrics_text = _metrics_text(metrics_port)
+            metrics = _results(metrics_text)
+            # privacy: no name, ID, date or time of the scans' headers in what the server (its workers and
+            # decoders write to the same log) logged or exports as metrics
+            log_text = (tmp_path / "server.log").read_text(errors="replace")
+            leaked = sorted(v for v in header_identifiers(series) if v in log_text or v in metrics_text)
             print(f"\nsoak: {SECONDS:.0f} s, {CLIENTS} clients, {sum(outcomes.values())} calls; server RSS "
                   f"{warm[0] / 2**20:.0f} -> {end[0] / 2**20:.0f} MiB, fds {warm[1]} -> {end[1]}")
             for (action, code), n in sorted(outcomes.items()):
                 print(f"  {action:10s} {code:20s} {n}")
             print(f"  rows by code {dict(rows)}; coviax_results_total {metrics}")
             assert not unexpected, unexpected[:20]
+            assert not leaked, f"header values in the server's log or metrics: {leaked[:5]}"
             assert not active, f"{len(active)} jobs not in a final state"
             assert {k: v for k, v in metrics.items() if v} == {k: float(v) for k, v in rows.items()}
             assert end[0] <= warm[0] * 1.05, f"server RSS grew from {warm[0]} to {end[0]} bytes after the warm-up"
