@@ -36,7 +36,7 @@ class ServiceConfig:
     tls_client_ca: str | None = None  # set = mutual TLS (client certificates required)
     max_concurrent_scans: int = 4
     workers: int = 2
-    worker_memory_gb: float = 8.0  # address space of each worker process; 0 = no cap
+    worker_memory_gb: float = 12.0  # address space of each worker process; 0 = no cap (see Setting help)
     max_queued_slices: int = 2048
     max_scan_bytes: int = 2 * GiB
     max_slices: int = 2000
