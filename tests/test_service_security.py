@@ -67,7 +67,7 @@ def test_tls_and_mutual_tls_round_trip(tmp_path, small_series):
 
 def test_configuration_from_flags_and_environment(tmp_path):
     from coviax.errors import OptionError
-    from coviax_service.config import from_env_and_flags
+    from coviax_service.settings import from_env_and_flags
 
     env = {"COVIAX_PORT": "6000", "COVIAX_METRICS_PORT": "0", "COVIAX_DATA_DIR": str(tmp_path),
            "COVIAX_ENGINE": "unet", "COVIAX_DEVICE": "cpu", "COVIAX_LUNGS": "classical",

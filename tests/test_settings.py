@@ -53,7 +53,7 @@ def test_help_states_the_real_defaults():
 
 
 def test_every_env_var_is_read(tmp_path):
-    from coviax_service.config import from_env_and_flags
+    from coviax_service.settings import from_env_and_flags
     from coviax_service.settings import SETTINGS
 
     values = {str: "x", int: "7", float: "2.5", Path: str(tmp_path)}
@@ -104,6 +104,6 @@ def test_job_states_are_the_api_states():
 
 @pytest.mark.parametrize("name", ["kmeans", "unet"])
 def test_served_engines_are_accepted(name):
-    from coviax_service.config import from_env_and_flags
+    from coviax_service.settings import from_env_and_flags
 
     assert from_env_and_flags({"engine": name}, {}).engine == name

@@ -24,7 +24,7 @@ def add_serve_parser(sub) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from coviax_service.config import from_env_and_flags
+        from coviax_service.settings import from_env_and_flags
         from coviax_service.server import serve
     except ImportError as exc:
         from coviax.errors import CoviaxError

@@ -1,20 +1,19 @@
 """Service settings: command-line flags first, then ``COVIAX_*`` environment variables, then defaults.
 
 The defaults are here (:class:`ServiceConfig`); the flags, the environment variables and the table
-of docs/SERVICE.md "Configuration" are made from :data:`coviax_service.settings.SETTINGS`. The
-Dockerfiles and k8s/base/configmap.yaml set the environment variables.
+of docs/SERVICE.md "Configuration" are made from :data:`coviax_service.settings.SETTINGS`, which also
+reads them (:func:`coviax_service.settings.from_env_and_flags`). The Dockerfiles and
+k8s/base/configmap.yaml set the environment variables.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from coviax.errors import OptionError
 from coviax.lesions import SERVED_ENGINES
 from coviax.lungs import LUNG_METHODS
-from coviax_service.settings import SETTINGS, TOKENS_ENV
 
 GiB = 1024**3
 
@@ -90,27 +89,3 @@ class ServiceConfig:
                     except ValueError as exc:
                         raise OptionError(f"{self.tokens_file}, line {number}: {exc}") from None
         return credentials
-
-
-def from_env_and_flags(flags: dict | None = None, environ: dict | None = None) -> ServiceConfig:
-    """Build a config: a flag that is not None wins over its environment variable, which wins over the default.
-
-    ``COVIAX_TOKENS`` (comma- or space-separated) adds tokens to those of the file.
-    """
-    environ = os.environ if environ is None else environ
-    flags = flags or {}
-    config = ServiceConfig()
-    for setting in SETTINGS:
-        value = flags.get(setting.name)
-        if value is None and environ.get(setting.env, "") != "":
-            raw = environ[setting.env]
-            try:
-                value = setting.parse(raw)
-            except ValueError:
-                raise OptionError(f"{setting.env}={raw!r} is not a valid {setting.kind.__name__}") from None
-        if value is not None:
-            setattr(config, setting.name, Path(value) if setting.kind is Path else value)
-    if environ.get(TOKENS_ENV):
-        config.tokens = tuple(t for t in environ[TOKENS_ENV].replace(",", " ").split() if t)
-    config.validate()
-    return config

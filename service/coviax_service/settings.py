@@ -3,18 +3,21 @@ environment variable and a row of docs/SERVICE.md "Configuration".
 
 The defaults are those of :class:`coviax_service.config.ServiceConfig`; the flag help and the docs
 quote them from there, so they cannot say another default. ``python -m coviax_service.settings``
-prints the docs table (tests/test_settings.py checks that docs/SERVICE.md holds it as printed).
+prints the docs table (tests/test_settings.py checks that docs/SERVICE.md holds it as printed);
+:func:`from_env_and_flags` reads flags and environment into a :class:`ServiceConfig`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from coviax.errors import OptionError
 from coviax.lesions import SERVED_ENGINES
 from coviax.lungs import LUNG_METHODS
-
+from coviax_service.config import ServiceConfig
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,6 @@ class Setting:
         return "COVIAX_" + self.name.upper()
 
     def default(self):
-        from coviax_service.config import ServiceConfig
-
         return {f.name: f.default for f in fields(ServiceConfig)}[self.name]
 
     def describe_default(self) -> str:
@@ -105,6 +106,30 @@ def markdown_table() -> str:
         rows.append(f"| `{s.flag}` | `{s.env}` | {s.describe_default()} | {meaning} |")
     rows.append(f"| | `{TOKENS_ENV}` | none | more tokens (tenant \"\"), comma or space separated |")
     return "\n".join(rows)
+
+
+def from_env_and_flags(flags: dict | None = None, environ: dict | None = None) -> ServiceConfig:
+    """Build a config: a flag that is not None wins over its environment variable, which wins over the default.
+
+    ``COVIAX_TOKENS`` (comma- or space-separated) adds tokens to those of the file.
+    """
+    environ = os.environ if environ is None else environ
+    flags = flags or {}
+    config = ServiceConfig()
+    for setting in SETTINGS:
+        value = flags.get(setting.name)
+        if value is None and environ.get(setting.env, "") != "":
+            raw = environ[setting.env]
+            try:
+                value = setting.parse(raw)
+            except ValueError:
+                raise OptionError(f"{setting.env}={raw!r} is not a valid {setting.kind.__name__}") from None
+        if value is not None:
+            setattr(config, setting.name, Path(value) if setting.kind is Path else value)
+    if environ.get(TOKENS_ENV):
+        config.tokens = tuple(t for t in environ[TOKENS_ENV].replace(",", " ").split() if t)
+    config.validate()
+    return config
 
 
 if __name__ == "__main__":  # pragma: no cover
