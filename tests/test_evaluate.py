@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from coviax.cli import main
-from coviax_research.evaluate import QUICK_SUITE, SUITE, case_metrics, dice, format_table, summarise
+from coviax_research.eval_metrics import case_metrics, dice, summarise
+from coviax_research.eval_report import format_table
+from coviax_research.evaluate import QUICK_SUITE, SUITE
 from coviax.labels import Label
 from coviax_research.phantom import EVAL_SEEDS, TRAIN_SEED_RANGE
 from coviax_research.stats import bland_altman, icc2_1

@@ -36,7 +36,8 @@ def add_eval_parser(sub) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from coviax.errors import OptionError
-    from coviax_research.evaluate import evaluate, format_table, write_results
+    from coviax_research.eval_report import format_table, write_results
+    from coviax_research.evaluate import evaluate
 
     names = [n.strip() for n in args.engines.split(",") if n.strip()]
     if not names:

@@ -15,7 +15,7 @@ Real scans (no COVID-19 in any of them), :func:`score_real_scan`
 
 Phantoms of held-out patients, :func:`score_heldout_phantoms`
     hybrid phantoms (evaluation seeds) made on the reference lung of each held-out patient
-    that allows them: lesion metrics as in :mod:`coviax_research.evaluate` with the true lung, and
+    that allows them: lesion metrics as in :mod:`coviax_research.eval_metrics` with the true lung, and
     end to end with the product's own lung mask.
 
 Each row names the patient's role: ``heldout`` rows are people no shipped model saw.
@@ -104,7 +104,7 @@ def score_real_scan(case, lungs_method: str, engine, lung_weights: str | None = 
 def score_heldout_phantoms(case, lungs_method: str, engine, lung_weights: str | None = None) -> list[dict]:
     """Phantoms on one held-out patient's reference lung: true-lung and end-to-end metrics per phantom."""
     from coviax_research import realdata
-    from coviax_research.evaluate import case_metrics
+    from coviax_research.eval_metrics import case_metrics
     from coviax.lungs import LungMask, segment_lungs
     from coviax_research.phantom import EVAL_SEEDS, make_phantom
 
