@@ -61,3 +61,77 @@ def test_a_missing_command_module_names_its_extra(monkeypatch, capsys):
     assert cli.main(["fly", "--far"]) == 2
     err = capsys.readouterr().err
     assert "coviax fly is not available" in err and "pip install 'coviax[wings]'" in err
+
+
+# The product's packages and the folders they live in.
+PACKAGES = {"coviax": ROOT, "coviax_service": ROOT / "service", "coviax_trainer": ROOT / "trainer",
+            "coviax_research": ROOT / "research", "coviax_client": ROOT / "clients", "coviax_api": ROOT / "clients"}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the product modules it imports, at its top or inside a function (a lazy import is a
+    dependency too). A package's ``__init__`` naming its own submodules (a registry such as
+    ``make_engine`` that imports the chosen engine) is not counted: importing a submodule loads its
+    package first anyway, so that edge says nothing about how the parts depend on each other."""
+    modules = {}
+    for top, base in PACKAGES.items():
+        for path in (base / top).rglob("*.py"):
+            parts = list(path.relative_to(base).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name in modules)
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                for a in node.names:
+                    edges.add(f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module)
+        own = (lambda m: m.startswith(name + ".")) if path.name == "__init__.py" else (lambda m: False)
+        graph[name] = {m for m in edges if m in modules and m != name and not own(m)}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle():
+    graph = _import_graph()
+    assert len(graph) > 80 and "coviax.quantify" in graph["coviax.pipeline"]
+    assert not _cycles(graph), "modules that import each other (directly or round a loop):\n" + "\n".join(
+        " <-> ".join(c) for c in _cycles(graph))
+
+
+def test_the_cycle_finder_finds_a_loop():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
