@@ -33,7 +33,7 @@ def run_pipeline(scan: str, out: str, engine: str, weights: str | None) -> dict:
 def run_lungmask(scan: str, weights: str) -> dict:
     from lungmask import LMInferer
 
-    from coviax.scan import read_scan
+    from coviax.io import read_scan
 
     volume = read_scan(scan)
     image = volume.to_sitk()

@@ -60,7 +60,7 @@ def build_scan(cache: Path, thickness_mm: float, seed: int = 2024) -> Path:
     """The benchmark scan as a DICOM series (cached)."""
     from coviax.cli import sample_scan_path
     from coviax_research.phantom import make_phantom, write_phantom
-    from coviax.scan import read_scan
+    from coviax.io import read_scan
 
     folder = cache / f"scan-{thickness_mm:g}mm-seed{seed}"
     if (folder / "done").exists():
@@ -126,7 +126,7 @@ def lungmask_weights(cache: Path) -> str:
 def bench_quantities(labels: np.ndarray, spacing) -> dict:
     from baselines import naive_scipy_blobs  # bench/baselines.py (this script's folder is on sys.path)
     from coviax.quantify import quantify
-    from coviax.scan import Volume
+    from coviax.io import Volume
 
     lungs = (labels > 0).astype(np.uint8)
     volume = Volume(hu=np.zeros((1, 1, 1), np.int16), spacing_zyx=spacing)
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("quantities: ours vs naive scipy ...", flush=True)
     truth = np.load(scan / "truth_labels.npy")
-    from coviax.scan import read_scan
+    from coviax.io import read_scan
 
     volume = read_scan(series)
     results["quantities"] = bench_quantities(truth, volume.spacing_zyx)

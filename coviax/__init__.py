@@ -5,7 +5,7 @@ Research use only. Not a medical device.
 The data flows one way (see docs/ARCHITECTURE.md)::
 
     scan -> lungs -> lesions -> quantities -> exports
-    coviax.scan  coviax.lungs  coviax.lesions  coviax.quantify  coviax.export
+    coviax.io    coviax.lungs  coviax.lesions  coviax.quantify  coviax.export
 
 This package is the domain core: functions on arrays and small dataclasses.
 It never talks to the network, Ray or gRPC.

@@ -19,7 +19,7 @@ from coviax.export.report import build_report, write_report
 from coviax.lesions import ENGINES, Engine, LesionLabels, make_engine
 from coviax.lungs import LUNG_METHODS, LungMask, segment_lungs
 from coviax.quantify import Quantities, quantify
-from coviax.scan import Volume, read_scan
+from coviax.io import Volume, read_scan
 
 STAGES = ("read", "lungs", "lesions", "quantities", "exports")
 OUTPUTS = ("report", "nifti", "seg", "png", "mesh", "html", "pdf", "sr", "sc")
@@ -98,7 +98,7 @@ def run(
     Parameters
     ----------
     scan:
-        a path :func:`coviax.scan.read_scan` accepts, or an already read Volume.
+        a path :func:`coviax.io.read_scan` accepts, or an already read Volume.
     out_dir:
         folder for report.json, labels.nii.gz, seg.dcm, montage.png (created);
         None writes nothing.

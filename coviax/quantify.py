@@ -74,7 +74,7 @@ def quantify(labels: np.ndarray, lung_labels: np.ndarray, volume, max_blobs: int
     lung_labels:
         uint8 lung mask (1 right, 2 left) of the same shape.
     volume:
-        the :class:`coviax.scan.Volume` (for spacing and patient geometry).
+        the :class:`coviax.io.Volume` (for spacing and patient geometry).
 
     Raises
     ------

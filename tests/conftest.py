@@ -18,7 +18,7 @@ def sample_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_volume(sample_dir):
-    from coviax.scan import read_scan
+    from coviax.io import read_scan
 
     return read_scan(sample_dir)
 

@@ -84,7 +84,7 @@ def test_montage_png(kmeans_run):
 
 def test_stdout_table(sample_dir, tmp_path, capsys):
     # a NIfTI input: no SEG, and the report says so
-    from coviax.scan import read_scan
+    from coviax.io import read_scan
 
     nifti = tmp_path / "scan.nii.gz"
     sitk.WriteImage(read_scan(sample_dir).to_sitk(), str(nifti))

@@ -972,7 +972,7 @@ def test_dockerignore_matcher_semantics():
     assert not dockerignore_includes("coviax/__pycache__/scan.cpython-311.pyc")
     assert not dockerignore_includes("eval/cache/x.npy")
     assert not dockerignore_includes("k8s/base/statefulset.yaml")
-    assert dockerignore_includes("coviax/scan.py")
+    assert dockerignore_includes("coviax/io/reader.py")
     assert dockerignore_includes("coviax/models/unet_b.pt")
 
 

@@ -12,7 +12,7 @@ from coviax.lesions import make_engine
 from coviax.lesions.unet import UNetEngine, combine_with_lungs, resolve_weights
 from coviax.lesions.unet_model import UNet2D, UNetConfig, load_checkpoint, save_checkpoint
 from coviax.lungs import LungMask
-from coviax.scan import Volume
+from coviax.io import Volume
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_unet_sees_a_flipped_nifti_as_the_usual_axial_layout():
 
     from coviax.lesions.unet import UNetEngine, display_flips
     from coviax.lesions.unet_model import UNetConfig
-    from coviax.scan import Volume
+    from coviax.io import Volume
 
     class AnteriorHalfIsGGO(torch.nn.Module):
         config = UNetConfig(depth=2, width=4, input_size=32)

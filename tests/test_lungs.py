@@ -10,7 +10,7 @@ from coviax.errors import OptionError, WeightsNotFoundError
 from coviax.labels import LEFT_LUNG, RIGHT_LUNG
 from coviax.lungs import segment_lungs
 from coviax.lungs.lungmask_adapter import WEIGHT_FILES
-from coviax.scan import Volume
+from coviax.io import Volume
 
 
 def test_classical_lungs_on_the_real_ct(sample_volume, sample_lungs):

@@ -15,7 +15,7 @@ from coviax.export import mesh as M
 from coviax.export.mesh import surface as S
 from mesh_readers import read_glb, read_stl
 from coviax.labels import Label
-from coviax.scan import Volume
+from coviax.io import Volume
 
 
 def _ball(shape, centre_zyx, radius_mm, spacing) -> np.ndarray:

@@ -22,7 +22,7 @@ from coviax_research.phantom import (
     write_phantom,
 )
 from coviax.quantify import quantify
-from coviax.scan import read_scan
+from coviax.io import read_scan
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def test_secret_and_mapping_are_owner_only(pseudo, tmp_path):
 def test_results_of_a_pseudonymised_series_map_back_to_the_original_study(pseudo, sample_volume, sample_dir, tmp_path):
     """The service analyses the pseudonymised copy; its SEG/SR/SC come back referencing the original instances."""
     from coviax.pipeline import SegmentOptions, run
-    from coviax.scan import read_scan
+    from coviax.io import read_scan
 
     originals = tmp_path / "incoming"
     shutil.copytree(sample_dir, originals)

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from coviax.labels import LEFT_LUNG, RIGHT_LUNG, Label
 from coviax.quantify import quantify
-from coviax.scan import Volume
+from coviax.io import Volume
 
 
 def _volume(shape, spacing=(2.0, 1.0, 0.5), origin=(-100.0, -50.0, 30.0), direction=None):

@@ -14,7 +14,7 @@ from pydicom.sequence import Sequence
 
 from coviax_research import realdata
 from coviax.labels import Label
-from coviax.scan import Volume
+from coviax.io import Volume
 
 ROOT = Path(__file__).resolve().parent.parent
 

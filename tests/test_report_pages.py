@@ -27,7 +27,7 @@ from coviax.lesions import LesionLabels
 from coviax.lungs import LungMask
 from coviax.pipeline import OUTPUTS, SegmentOptions, run, write_outputs
 from coviax.quantify import quantify
-from coviax.scan import Volume
+from coviax.io import Volume
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 PDFTOPPM = shutil.which("pdftoppm")

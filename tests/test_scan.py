@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from coviax.errors import GeometryError, NotCTError, PixelDataError, ScanError, UnsafeArchiveError
-from coviax.scan import read_scan
+from coviax.io import read_scan
 
 
 def _files(folder):
@@ -177,7 +177,7 @@ def test_zip_bomb_is_refused(tmp_path):
 
 
 def test_decoder_choice_puts_gdcm_last():
-    from coviax.scan import decoding_plugin
+    from coviax.io.pixels import decoding_plugin
 
     assert decoding_plugin(JPEG2000Lossless) == "pylibjpeg"
     assert decoding_plugin(JPEGLSLossless) == "pylibjpeg"
@@ -218,7 +218,7 @@ def _encode_jpeg_lossless_sv1(path):
 def test_jpeg_lossless_decodes_exactly_with_pylibjpeg(series_copy, sample_volume):
     from pydicom.uid import JPEGLosslessSV1
 
-    from coviax.scan import decoding_plugin
+    from coviax.io.pixels import decoding_plugin
 
     for f in _lowest_slices(series_copy):
         _encode_jpeg_lossless_sv1(f)
@@ -289,7 +289,7 @@ def _first_ds(series_copy):
 
 
 def test_a_decoder_panic_is_a_pixel_data_error(series_copy, monkeypatch):
-    from coviax.scan import slice_to_hu
+    from coviax.io import slice_to_hu
 
     f, ds = _first_ds(series_copy)
 
@@ -305,7 +305,7 @@ def test_a_decoder_panic_is_a_pixel_data_error(series_copy, monkeypatch):
 
 
 def test_a_decoder_never_swallows_keyboard_interrupt(series_copy, monkeypatch):
-    from coviax.scan import slice_to_hu
+    from coviax.io import slice_to_hu
 
     f, ds = _first_ds(series_copy)
 
@@ -318,7 +318,7 @@ def test_a_decoder_never_swallows_keyboard_interrupt(series_copy, monkeypatch):
 
 
 def test_slice_to_hu_is_the_series_readers_conversion(series_copy, sample_volume):
-    from coviax.scan import slice_to_hu
+    from coviax.io import slice_to_hu
 
     files = sorted(_files(series_copy), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True)
                                                           .ImagePositionPatient[2]))

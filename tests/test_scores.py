@@ -12,7 +12,7 @@ from coviax.labels import LEFT_LUNG, RIGHT_LUNG, Label
 from coviax.lesions import LesionLabels
 from coviax.lungs import LungMask
 from coviax.quantify import quantify
-from coviax.scan import Volume
+from coviax.io import Volume
 from coviax.scores import compute_scores, lobe_bin, lobe_scores, zone_bin, zone_of_slices
 
 # Each lung: 12 slices of 10 x 10 voxels -> three zones of 4 slices = 400 voxels each.

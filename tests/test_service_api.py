@@ -106,7 +106,7 @@ def test_four_clients_at_once(server, client, small_series, small_reference):
 
 
 def test_raw_slices_round_trip(client, small_series, small_reference):
-    from coviax.scan import read_scan
+    from coviax.io import read_scan
 
     volume = read_scan(small_series)
     result = client.segment_array(volume.hu, volume.spacing_zyx, volume.origin_xyz, volume.direction,

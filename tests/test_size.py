@@ -15,7 +15,7 @@ _spec.loader.exec_module(check_size)
 
 # Offenders of before the rule, split one by one; none may join them.
 NOT_YET_SPLIT = {
-    "research/coviax_research/stats.py", "coviax/scan.py", "research/coviax_research/phantom.py",
+    "research/coviax_research/stats.py", "research/coviax_research/phantom.py",
     "clients/coviax_client/listener.py", "clients/coviax_client/sdk.py",
     "trainer/coviax_trainer/config.py", "trainer/coviax_trainer/train.py", "clients/coviax_client/sender.py",
     "clients/coviax_client/cli.py",

@@ -82,7 +82,7 @@ def test_every_stage_runs_and_the_checkpoint_serves(tiny_run):
 
     from coviax.lesions import make_engine
     from coviax.lungs import LungMask
-    from coviax.scan import Volume
+    from coviax.io import Volume
 
     engine = make_engine("unet", weights=str(weights))
     assert engine.meta["name"] == "unet_b"

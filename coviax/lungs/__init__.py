@@ -52,7 +52,7 @@ class LungMask:
 
 
 def segment_lungs(volume, method: str = "auto", weights: str | None = None, device: str = "cpu") -> LungMask:
-    """Find the lungs in ``volume`` (a :class:`coviax.scan.Volume`).
+    """Find the lungs in ``volume`` (a :class:`coviax.io.Volume`).
 
     Raises
     ------

@@ -119,7 +119,7 @@ class PhantomCache:
     def get(self, case: Case):
         from coviax.lungs import LungMask
         from coviax_research.phantom import Phantom, make_phantom
-        from coviax.scan import Volume
+        from coviax.io import Volume
 
         path = self.cache_dir / f"{case.case_id}-ds{self.downsample}-{self._key(case)}.npz" if self.cache_dir else None
         if path is not None and path.is_file():
@@ -156,7 +156,7 @@ def load_source(quick: bool):
     """The bundled real chest CT (down-sampled 4x in-plane for ``--quick``)."""
     from coviax.cli import sample_scan_path
     from coviax_research.phantom import downsample_volume
-    from coviax.scan import read_scan
+    from coviax.io import read_scan
 
     source = read_scan(sample_scan_path())
     if quick:

@@ -91,7 +91,7 @@ from scipy import ndimage
 from coviax.errors import OptionError
 from coviax.labels import LEFT_LUNG, RIGHT_LUNG, Label
 from coviax.lungs import LungMask
-from coviax.scan import HU_MAX, HU_MIN, Volume
+from coviax.io import HU_MAX, HU_MIN, Volume
 
 #: Bumped whenever the same inputs would give a different phantom (cache keys use it).
 GENERATOR_VERSION = "1"
@@ -652,7 +652,7 @@ def write_phantom(phantom: Phantom, out_dir) -> dict[str, Path]:
 
     The DICOM series has new UIDs, PatientName ``COVIAX^PHANTOM``, PatientID
     ``PHANTOM-<seed>`` and nothing copied from the source's headers;
-    :func:`coviax.scan.read_scan` reads it back to the same HU and geometry.
+    :func:`coviax.io.read_scan` reads it back to the same HU and geometry.
     Returns the paths by name (``dicom``, ``image``, ``labels``, ``truth``).
     """
     import SimpleITK as sitk

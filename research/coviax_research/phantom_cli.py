@@ -40,7 +40,7 @@ def add_phantom_parser(sub) -> None:
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from coviax.cli import sample_scan_path
     from coviax_research.phantom import make_phantom, write_phantom
-    from coviax.scan import read_scan
+    from coviax.io import read_scan
 
     started = time.perf_counter()
     path = Path(args.source) if args.source else sample_scan_path()

@@ -183,7 +183,7 @@ def case_path(case: RealCase) -> Path:
 
 
 def load_volume(case: RealCase):
-    from coviax.scan import read_scan
+    from coviax.io import read_scan
 
     return read_scan(case_path(case))
 

@@ -7,7 +7,7 @@ panic, a segfault in a C decoder); here that happens in a small pool of spawn
 processes whose address space is capped (``RLIMIT_AS``): the decode fails with
 MemoryError or the process dies, the pool is rebuilt, and the instance is left
 to the 3D read, which names the defect. This module imports only numpy,
-pydicom and :mod:`coviax.scan`, so that a decoder process stays small.
+pydicom and :mod:`coviax.io`, so that a decoder process stays small.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ _PROCESS_EXITS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 def decode_instance(path: Path) -> tuple[str, np.ndarray] | None:
     """(SOPInstanceUID, HU slice) of one received CT instance, or None if it is not one we can decode here.
 
-    The HU come from :func:`coviax.scan.slice_to_hu`, the series reader's own conversion, so a
+    The HU come from :func:`coviax.io.slice_to_hu`, the series reader's own conversion, so a
     streamed slice gets the same prediction as the slice of the volume read after the upload.
     A defect (including a decoder that panics) is left to that 3D read, which names it.
     """
     import pydicom
 
-    from coviax.scan import slice_to_hu
+    from coviax.io import slice_to_hu
 
     path = Path(path)
     try:

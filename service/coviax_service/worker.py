@@ -71,7 +71,7 @@ def warm_up(engine=None) -> int:
         import coviax.lesions.unet  # noqa: F401
     else:
         from coviax.lungs import LungMask
-        from coviax.scan import Volume
+        from coviax.io import Volume
 
         rng = np.random.default_rng(0)
         hu = rng.integers(-1000, 100, size=(6, 40, 40)).astype(np.int16)
@@ -125,7 +125,7 @@ def load_raw_volume(input_dir: Path):
     Raises the core's ScanError when the values are not plausibly Hounsfield units
     (the same check a DICOM series or a NIfTI file gets).
     """
-    from coviax.scan import Volume, check_plausible_hu
+    from coviax.io import Volume, check_plausible_hu
 
     geometry = json.loads((input_dir / "geometry.json").read_text())
     n, rows, cols = geometry["slices"], geometry["rows"], geometry["columns"]

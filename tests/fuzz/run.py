@@ -56,7 +56,7 @@ import sys
 sys.path[:0] = {[str(TESTS), str(HERE)]!r}
 import atheris
 with atheris.instrument_imports():  # the code under test is imported here, so that it is instrumented
-    import coviax.scan, coviax_service.convert, coviax_service.jobs.model, coviax_service.servicer  # noqa: E401
+    import coviax.io, coviax_service.convert, coviax_service.jobs.model, coviax_service.servicer  # noqa: E401
     import targets
     targets._allowed()
 atheris.Setup(sys.argv, targets.TARGETS[{target!r}])

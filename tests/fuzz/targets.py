@@ -28,12 +28,13 @@ _TMP = Path(tempfile.mkdtemp(prefix="coviax-fuzz-"))
 
 def scan_file(data: bytes) -> None:
     """One file through the DICOM reader and the HU conversion, as an uploaded instance goes."""
-    from coviax.scan import _read_dicom_file, slice_to_hu
+    from coviax.io import slice_to_hu
+    from coviax.io.dicom_file import read_dicom_file
 
     path = _TMP / f"instance-{os.getpid()}.dcm"
     path.write_bytes(data)
     try:
-        ds = _read_dicom_file(path, "instance-00000.dcm")
+        ds = read_dicom_file(path, "instance-00000.dcm")
         if ds is not None:
             slice_to_hu(ds, "instance-00000.dcm")
     except _allowed():

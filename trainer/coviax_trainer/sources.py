@@ -1,4 +1,4 @@
-"""Turning a :class:`ScanSpec` into a :class:`coviax.scan.Volume` (in any Ray worker).
+"""Turning a :class:`ScanSpec` into a :class:`coviax.io.Volume` (in any Ray worker).
 
 Phantoms are rebuilt from the bundled CT and their seed each time they are
 needed (generation is deterministic, about 1 s), so the trainer stores no
@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from coviax.scan import Volume, read_scan
+from coviax.io import Volume, read_scan
 from coviax_trainer.config import Preprocess, ScanSpec
 
 

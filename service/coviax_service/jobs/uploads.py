@@ -27,7 +27,7 @@ from coviax_service.jobs.model import JobState, LiveJob
 
 log = logging.getLogger("coviax.service")
 
-#: Largest raw slice accepted (pixels), as for DICOM (coviax.scan.MAX_SLICE_PIXELS).
+#: Largest raw slice accepted (pixels), as for DICOM (coviax.io.pixels.MAX_SLICE_PIXELS).
 MAX_RAW_PIXELS = 2048 * 2048
 
 
