@@ -196,16 +196,28 @@ def _f(v, fmt=".2f") -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
+_REAL_SCAN_COLUMNS = (
+    "case", "role", "lung mL", "Dice vs reference lung", "VRall %", "beyond known lesions %", "six-zone",
+    "lesion mL at edge (6 mm)", "heart in lung mL", "tumour inside lung %", "tumour as opacity %",
+    "dense core as consolidation %")
+_HELDOUT_COLUMNS = (
+    "case", "seed", "severity", "true VRall %", "VRall err, true lung (pp)", "end to end (pp)",
+    "lesion vol err % (e2e)", "cons vol err % (e2e)", "Dice GGO", "Dice cons", "lung Dice",
+    "pleural consolidation inside %")
+
+
+def _table_head(title: str, columns: tuple[str, ...], align: str) -> list[str]:
+    """A titled Markdown table's first lines; ``align`` has one letter a column, l (left) or r (right)."""
+    return ["", f"#### {title}", "", "| " + " | ".join(columns) + " |",
+            "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+
+
 def real_markdown(real: dict) -> list[str]:
     """The real-patient section of eval/RESULTS.md (and the README's accuracy table)."""
     lines = [f"Engine: {real['engine']}. Cases: {', '.join(real['cases_available'])}"
              + (f"; missing (run `make data`): {', '.join(real['cases_missing'])}" if real["cases_missing"] else "")]
     for method, run in real["runs"].items():
-        lines += ["", f"#### Real scans without COVID-19, lungs `{method}`", "",
-                  "| case | role | lung mL | Dice vs reference lung | VRall % | beyond known lesions % | six-zone | "
-                  "lesion mL at edge (6 mm) | heart in lung mL | tumour inside lung % | tumour as opacity % | "
-                  "dense core as consolidation % |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += _table_head(f"Real scans without COVID-19, lungs `{method}`", _REAL_SCAN_COLUMNS, "ll" + "r" * 10)
         for r in run["scans"]:
             t = r.get("tumour", {})
             lines.append(
@@ -214,11 +226,8 @@ def real_markdown(real: dict) -> list[str]:
                 f"{r['edge_lesion_ml']:.1f} | {_f(r.get('heart_in_lung_ml'))} | {_f(t.get('inside_lung_pct'), '.1f')} | "
                 f"{_f(t.get('opacity_pct'), '.1f')} | {_f(t.get('core_consolidation_pct'), '.1f')} |")
         if run["heldout_phantoms"]:
-            lines += ["", f"#### Phantoms of held-out patients, lungs `{method}`", "",
-                      "| case | seed | severity | true VRall % | VRall err, true lung (pp) | end to end (pp) | "
-                      "lesion vol err % (e2e) | cons vol err % (e2e) | Dice GGO | Dice cons | lung Dice | "
-                      "pleural consolidation inside % |",
-                      "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += _table_head(f"Phantoms of held-out patients, lungs `{method}`", _HELDOUT_COLUMNS,
+                                 "lrl" + "r" * 9)
             for r in run["heldout_phantoms"]:
                 e, t = r["end_to_end"], r["true_lung"]
                 lesion_err = (100.0 * (e["pred_lesion_ml"] - r["true_lesion_ml"]) / r["true_lesion_ml"]

@@ -152,35 +152,33 @@ class _Table:
         return out
 
     def numbers(self, name: str) -> list[float]:
-        vals = self.text(name)
-        out = []
-        for (line, _), cell in zip(self.rows, vals):
-            try:
-                v = float(cell)
-            except ValueError:
-                raise StatsInputError(
-                    f"column {name!r} line {line}: {cell!r} is not a number"
-                ) from None
-            if not math.isfinite(v):
-                raise StatsInputError(f"column {name!r} line {line}: {cell!r} is not a finite number")
-            out.append(v)
-        return out
+        return self._parsed(name, _number)
 
     def truth(self, name: str) -> list[bool]:
-        vals = self.text(name)
-        out = []
-        for (line, _), cell in zip(self.rows, vals):
-            c = cell.lower()
-            if c in _TRUE:
-                out.append(True)
-            elif c in _FALSE:
-                out.append(False)
-            else:
-                raise StatsInputError(
-                    f"column {name!r} line {line}: {cell!r} is not a binary truth "
-                    "(use 1/0 or true/false, 1 = positive)"
-                )
-        return out
+        return self._parsed(name, _binary)
+
+    def _parsed(self, name: str, parse: Any) -> list[Any]:
+        """Each cell of a column through ``parse(cell, where)``; ``where`` names the column and line."""
+        return [parse(cell, f"column {name!r} line {line}") for (line, _), cell in zip(self.rows, self.text(name))]
+
+
+def _number(cell: str, where: str) -> float:
+    try:
+        v = float(cell)
+    except ValueError:
+        raise StatsInputError(f"{where}: {cell!r} is not a number") from None
+    if not math.isfinite(v):
+        raise StatsInputError(f"{where}: {cell!r} is not a finite number")
+    return v
+
+
+def _binary(cell: str, where: str) -> bool:
+    c = cell.lower()
+    if c in _TRUE:
+        return True
+    if c in _FALSE:
+        return False
+    raise StatsInputError(f"{where}: {cell!r} is not a binary truth (use 1/0 or true/false, 1 = positive)")
 
 
 # --------------------------------------------------------------------------- #
@@ -205,6 +203,12 @@ def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
         path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     except OSError as exc:
         raise StatsInputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _fraction(x: float | None, num: int, den: int, called: str = "") -> str:
+    if x is None:
+        return f"undefined (no case called {called})"
+    return f"{_f(x)}  ({num}/{den})"
 
 
 def _guard(fn: Any) -> Any:
@@ -279,11 +283,6 @@ def _run_roc(args: argparse.Namespace) -> int:
     except StatsInputError as exc:
         bino, bino_err = None, str(exc)
 
-    def frac(x: float | None, num: int, den: int, called: str = "") -> str:
-        if x is None:
-            return f"undefined (no case called {called})"
-        return f"{_f(x)}  ({num}/{den})"
-
     lines = [
         f"ROC analysis: score {args.score!r} vs truth {args.truth!r} ({args.file})",
         _row("cases", f"{len(truth)} ({auc.n_positive} positive, {auc.n_negative} negative)"),
@@ -292,10 +291,10 @@ def _run_roc(args: argparse.Namespace) -> int:
              f"{_f(bino.auc)}  (a = {_g(bino.a)}, b = {_g(bino.b)}; OLS on probit scale)"
              if bino else f"not estimable: {bino_err}"),
         _row("Youden threshold", f"{_g(yd.threshold)}  (positive if score >= threshold; J = {_f(yd.j)})"),
-        _row("sensitivity", frac(yd.sensitivity, yd.tp, yd.tp + yd.fn)),
-        _row("specificity", frac(yd.specificity, yd.tn, yd.tn + yd.fp)),
-        _row("PPV", frac(yd.ppv, yd.tp, yd.tp + yd.fp, "positive")),
-        _row("NPV", frac(yd.npv, yd.tn, yd.tn + yd.fn, "negative")),
+        _row("sensitivity", _fraction(yd.sensitivity, yd.tp, yd.tp + yd.fn)),
+        _row("specificity", _fraction(yd.specificity, yd.tn, yd.tn + yd.fp)),
+        _row("PPV", _fraction(yd.ppv, yd.tp, yd.tp + yd.fp, "positive")),
+        _row("NPV", _fraction(yd.npv, yd.tn, yd.tn + yd.fn, "negative")),
     ]
     payload: dict[str, Any] = {
         "file": str(args.file),
@@ -313,20 +312,26 @@ def _run_roc(args: argparse.Namespace) -> int:
         "youden": {"rule": "positive if score >= threshold", **yd.to_dict()},
     }
     if vs is not None:
-        auc2 = delong_auc(truth, vs)
-        dt = delong_test(truth, score, vs)
-        lines += [
-            f"  versus score {args.vs!r}",
-            _row("  AUC (empirical)", f"{_f(auc2.auc)}  (95% CI {_f(auc2.ci_low)} to {_f(auc2.ci_high)}, DeLong)"),
-            _row("  DeLong paired test",
-                 f"diff = {_f(dt.diff)} (95% CI {_f(dt.ci_low)} to {_f(dt.ci_high)}), "
-                 f"z = {_f(dt.z)}, p = {dt.p_value:.4g}"),
-        ]
-        payload["vs"] = {"score": args.vs, "delong": auc2.to_dict()}
-        payload["delong_test"] = dt.to_dict()
+        lines += _versus(args, truth, score, vs, payload)
     print("\n".join(lines))
     _write_json(args.json_out, payload)
     return 0
+
+
+def _versus(args: argparse.Namespace, truth: list[bool], score: list[float], vs: list[float],
+            payload: dict[str, Any]) -> list[str]:
+    """``--vs``: the second score's AUC and the DeLong test of the two (lines printed; added to ``payload``)."""
+    auc2 = delong_auc(truth, vs)
+    dt = delong_test(truth, score, vs)
+    payload["vs"] = {"score": args.vs, "delong": auc2.to_dict()}
+    payload["delong_test"] = dt.to_dict()
+    return [
+        f"  versus score {args.vs!r}",
+        _row("  AUC (empirical)", f"{_f(auc2.auc)}  (95% CI {_f(auc2.ci_low)} to {_f(auc2.ci_high)}, DeLong)"),
+        _row("  DeLong paired test",
+             f"diff = {_f(dt.diff)} (95% CI {_f(dt.ci_low)} to {_f(dt.ci_high)}), "
+             f"z = {_f(dt.z)}, p = {dt.p_value:.4g}"),
+    ]
 
 
 def _build_parser() -> argparse.ArgumentParser:
