@@ -59,7 +59,8 @@ def machine() -> str:
 def build_scan(cache: Path, thickness_mm: float, seed: int = 2024) -> Path:
     """The benchmark scan as a DICOM series (cached)."""
     from coviax.cli import sample_scan_path
-    from coviax_research.phantom import make_phantom, write_phantom
+    from coviax_research.phantom import make_phantom
+    from coviax_research.phantom_write import write_phantom
     from coviax.io import read_scan
 
     folder = cache / f"scan-{thickness_mm:g}mm-seed{seed}"

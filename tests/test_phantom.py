@@ -17,10 +17,10 @@ from coviax_research.phantom import (
     SEVERITY_RANGES,
     TRAIN_SEED_RANGE,
     Phantom,
-    downsample_volume,
     make_phantom,
-    write_phantom,
 )
+from coviax_research.phantom_layout import downsample_volume
+from coviax_research.phantom_write import write_phantom
 from coviax.quantify import quantify
 from coviax.io import read_scan
 

@@ -155,7 +155,7 @@ class PhantomCache:
 def load_source(quick: bool):
     """The bundled real chest CT (down-sampled 4x in-plane for ``--quick``)."""
     from coviax.cli import sample_scan_path
-    from coviax_research.phantom import downsample_volume
+    from coviax_research.phantom_layout import downsample_volume
     from coviax.io import read_scan
 
     source = read_scan(sample_scan_path())

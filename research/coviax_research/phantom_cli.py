@@ -39,7 +39,8 @@ def add_phantom_parser(sub) -> None:
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from coviax.cli import sample_scan_path
-    from coviax_research.phantom import make_phantom, write_phantom
+    from coviax_research.phantom import make_phantom
+    from coviax_research.phantom_write import write_phantom
     from coviax.io import read_scan
 
     started = time.perf_counter()
