@@ -348,12 +348,12 @@ def _pki(folder: Path) -> dict[str, Path]:
 @needs_dcmtk
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed (needed to make test certificates)")
 def test_dicom_tls_mutual_and_the_sender_over_tls(tmp_path):
-    from coviax_client.cli import _dicom_tls
+    from coviax_client.dicom_cli import dicom_tls
     from coviax_client.sender import PacsNode, ResultSender
 
     pki = _pki(tmp_path / "pki")
     rec = Recorder()
-    tls = _dicom_tls(str(pki["srv.crt"]), str(pki["srv.key"]), str(pki["ca.crt"]), server_side=True)
+    tls = dicom_tls(str(pki["srv.crt"]), str(pki["srv.key"]), str(pki["ca.crt"]), server_side=True)
     listener = _listener(tmp_path, rec, ssl_context=tls)
     try:
         ok = subprocess.run([ECHOSCU, "-aec", "COVIAX", "+tls", str(pki["cli.key"]), str(pki["cli.crt"]),
@@ -368,10 +368,10 @@ def test_dicom_tls_mutual_and_the_sender_over_tls(tmp_path):
     finally:
         listener.stop()
     # server-only TLS: the sender (TLS client trusting the CA) stores an instance in it
-    listener = _listener(tmp_path, rec, ssl_context=_dicom_tls(str(pki["srv.crt"]), str(pki["srv.key"]), None, True))
+    listener = _listener(tmp_path, rec, ssl_context=dicom_tls(str(pki["srv.crt"]), str(pki["srv.key"]), None, True))
     try:
         sender = ResultSender(PacsNode("COVIAX", "127.0.0.1", listener.port), tmp_path / "spool",
-                              ssl_context=_dicom_tls(None, None, str(pki["ca.crt"]), server_side=False))
+                              ssl_context=dicom_tls(None, None, str(pki["ca.crt"]), server_side=False))
         sender.enqueue([Path(get_testdata_file("CT_small.dcm"))])
         assert sender.send_due()["sent"] == 1
     finally:

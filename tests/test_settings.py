@@ -79,7 +79,7 @@ def test_lung_methods_and_engines_are_one_list():
     from coviax.lesions import ENGINES, SERVED_ENGINES
     from coviax.lungs import LUNG_METHODS
     from coviax.pipeline import SegmentOptions
-    from coviax_client.cli import LUNG_METHODS as CLIENT_LUNG_METHODS
+    from coviax_client.cli_common import LUNG_METHODS as CLIENT_LUNG_METHODS
     from coviax_service.config import ServiceConfig
 
     assert CLIENT_LUNG_METHODS == LUNG_METHODS
