@@ -25,8 +25,8 @@ from pydicom.data import get_testdata_file
 
 pytest.importorskip("pynetdicom")
 
-from coviax_client.listener import (  # noqa: E402
-    ACCEPTED_SYNTAXES, DicomListener, PeerFilter, RoutingRules, content_key, series_key)
+from coviax_client.listener import ACCEPTED_SYNTAXES, DicomListener, content_key, series_key  # noqa: E402
+from coviax_client.routing import PeerFilter, RoutingRules  # noqa: E402
 from service_support import free_port, wait_for  # noqa: E402
 
 STORESCU = shutil.which("storescu")
@@ -349,7 +349,8 @@ def _pki(folder: Path) -> dict[str, Path]:
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed (needed to make test certificates)")
 def test_dicom_tls_mutual_and_the_sender_over_tls(tmp_path):
     from coviax_client.dicom_cli import dicom_tls
-    from coviax_client.sender import PacsNode, ResultSender
+    from coviax_client.sender import ResultSender
+    from coviax_client.transport import PacsNode
 
     pki = _pki(tmp_path / "pki")
     rec = Recorder()

@@ -22,7 +22,9 @@ import pytest
 
 pytest.importorskip("pynetdicom")
 
-from coviax_client.sender import PacsNode, ResultSender  # noqa: E402
+from coviax_client.sender import ResultSender  # noqa: E402
+
+from coviax_client.transport import PacsNode  # noqa: E402
 from service_support import free_port  # noqa: E402
 
 STORESCP = shutil.which("storescp")
@@ -157,7 +159,7 @@ def test_unreachable_pacs_retries_with_doubling_backoff_then_dead_letters(result
 
 
 def test_listener_submitter_queues_its_results_and_the_thread_sends_them(results, tmp_path):
-    from coviax_client.listener import sdk_submitter
+    from coviax_client.submit import sdk_submitter
 
     class FakeResult:
         job_id = "job-1"
@@ -294,7 +296,7 @@ def _ref(uid):
 
 
 def test_stow_rs_sends_all_in_one_request_and_retries_only_what_failed(results, tmp_path):
-    from coviax_client.sender import StowTarget
+    from coviax_client.transport import StowTarget
 
     seg_uid = _uid(results["seg.dcm"])
     rounds = []
@@ -327,7 +329,7 @@ def test_stow_rs_sends_all_in_one_request_and_retries_only_what_failed(results, 
 
 
 def test_stow_rs_http_error_is_retried_then_dead_lettered(results, tmp_path):
-    from coviax_client.sender import StowTarget
+    from coviax_client.transport import StowTarget
 
     server = StowServer(lambda uids: (503, {}))
     try:
@@ -347,7 +349,7 @@ def test_stow_rs_http_error_is_retried_then_dead_lettered(results, tmp_path):
 def test_deidentified_results_get_the_identity_back_before_they_go_to_the_pacs(results, sample_dir, tmp_path):
     """--deidentify with --pacs: the service sees blank patient attributes, the PACS gets the patient's study."""
     from coviax_client.files import deidentify_dataset
-    from coviax_client.listener import reidentify, sdk_submitter
+    from coviax_client.submit import reidentify, sdk_submitter
 
     blanked = tmp_path / "from-service"
     blanked.mkdir()
@@ -399,7 +401,7 @@ def test_deidentified_results_get_the_identity_back_before_they_go_to_the_pacs(r
 
 def test_a_reanalysis_gets_new_series_numbers(results, tmp_path):
     """A changed re-push is analysed again: its SEG/SR/SC must not reuse 9901-9903 in the PACS's study."""
-    from coviax_client.listener import sdk_submitter
+    from coviax_client.submit import sdk_submitter
 
     class FakeResult:
         job_id = "job"

@@ -131,7 +131,7 @@ def test_results_of_a_pseudonymised_series_map_back_to_the_original_study(pseudo
 
 def test_listener_submitter_uploads_the_pseudonymised_copy_and_reidentifies(pseudo, sample_dir, tmp_path):
     from coviax.pipeline import SegmentOptions, run
-    from coviax_client.listener import sdk_submitter
+    from coviax_client.submit import sdk_submitter
 
     class FakeResult:
         job_id = "job-1"

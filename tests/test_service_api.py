@@ -334,7 +334,8 @@ def test_batch_cli_is_resumable(server, small_series, tmp_path):
 @pytest.mark.slow
 def test_cstore_listener_receives_the_real_series_and_submits_it(server, client, sample_dir, tmp_path):
     pynetdicom = pytest.importorskip("pynetdicom")
-    from coviax_client.listener import DicomListener, sdk_submitter, series_key
+    from coviax_client.listener import DicomListener, series_key
+    from coviax_client.submit import sdk_submitter
 
     listener = DicomListener("COVIAX", 0, tmp_path / "listener", sdk_submitter(client, outputs=["report", "seg"]),
                              idle_seconds=1.0, host="127.0.0.1").start()

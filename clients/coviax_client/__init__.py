@@ -8,6 +8,7 @@ Research use only; not a medical device.
 """
 
 from coviax_client.files import deidentify_dataset
-from coviax_client.sdk import ArtifactInfo, CoviaxClient, CoviaxClientError, Result
+from coviax_client.results import ArtifactInfo, CoviaxClientError, Result
+from coviax_client.sdk import CoviaxClient
 
 __all__ = ["CoviaxClient", "CoviaxClientError", "Result", "ArtifactInfo", "deidentify_dataset"]

@@ -34,7 +34,7 @@ def dicom_tls(cert, key, ca, server_side: bool):
 
 
 def _stow_target(args):
-    from coviax_client.sender import StowTarget
+    from coviax_client.transport import StowTarget
 
     token = None
     if args.stow_token_file:
@@ -42,17 +42,12 @@ def _stow_target(args):
     return StowTarget(args.stow_url, token=token, ca_file=args.stow_ca)
 
 
-def cmd_listener(args) -> int:
-    import signal
-    import threading
-
-    from coviax_client.listener import DicomListener, RoutingRules, sdk_submitter
-
-    rules = RoutingRules(modalities=tuple(args.modality or ["CT"]), series_description=args.series_description,
-                         min_slices=args.min_slices, skip_localizers=not args.include_localizers)
+def _result_senders(args) -> list:
+    """The listener's senders of results: C-STORE to --pacs and/or STOW-RS to --stow-url."""
     senders = []
     if args.pacs or args.stow_url:
-        from coviax_client.sender import PacsNode, ResultSender
+        from coviax_client.sender import ResultSender
+        from coviax_client.transport import PacsNode
 
         if args.pacs:
             node = PacsNode.parse(args.pacs, calling_ae_title=args.pacs_calling_ae or args.ae_title)
@@ -63,6 +58,20 @@ def cmd_listener(args) -> int:
         if args.stow_url:
             senders.append(ResultSender(_stow_target(args), Path(args.out) / "stow", max_attempts=args.send_attempts,
                                         backoff_s=args.send_backoff))
+    return senders
+
+
+def cmd_listener(args) -> int:
+    import signal
+    import threading
+
+    from coviax_client.listener import DicomListener
+    from coviax_client.routing import RoutingRules
+    from coviax_client.submit import sdk_submitter
+
+    rules = RoutingRules(modalities=tuple(args.modality or ["CT"]), series_description=args.series_description,
+                         min_slices=args.min_slices, skip_localizers=not args.include_localizers)
+    senders = _result_senders(args)
     pseudonymiser = None
     if args.pseudonymise:
         if args.deidentify:
@@ -104,7 +113,8 @@ def cmd_listener(args) -> int:
 
 def cmd_send(args) -> int:
     """Store DICOM files (our SEG/SR/SC, or any) in a PACS through the outbox: retries, dead-letter, no duplicates."""
-    from coviax_client.sender import PacsNode, ResultSender
+    from coviax_client.sender import ResultSender
+    from coviax_client.transport import PacsNode
 
     if bool(args.pacs) == bool(args.stow_url):
         raise ValueError("give either --pacs AE@HOST:PORT (C-STORE) or --stow-url URL (DICOMweb STOW-RS)")

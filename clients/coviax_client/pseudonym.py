@@ -134,7 +134,7 @@ class Pseudonymiser:
 
     def reidentify(self, paths: Iterable[Path], key: str, source: Path) -> int:
         """Map the pseudonymous UIDs in ``paths`` back to the originals and restore the identity from ``source``."""
-        from coviax_client.listener import reidentify as restore_identity
+        from coviax_client.submit import reidentify as restore_identity
 
         uid_map = self.load_mapping(key)
         paths = list(paths)
