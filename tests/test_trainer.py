@@ -188,7 +188,7 @@ def test_stage_needs_its_predecessor(tmp_path, capsys):
 
 def test_augmentation_keeps_shapes_and_codes():
     from coviax_trainer.config import Augmentation
-    from coviax_trainer.train import augment
+    from coviax_trainer.objective import augment
     import dataclasses
 
     g = torch.Generator().manual_seed(0)
@@ -206,7 +206,7 @@ def test_augmentation_keeps_shapes_and_codes():
 
 @pytest.mark.parametrize("kind", ["dice_ce", "gce", "ce"])
 def test_losses_fall_when_the_prediction_matches(kind):
-    from coviax_trainer.train import loss_fn
+    from coviax_trainer.objective import loss_fn
 
     y = torch.randint(0, 5, (2, 16, 16))
     good = torch.nn.functional.one_hot(y, 5).permute(0, 3, 1, 2).float() * 10

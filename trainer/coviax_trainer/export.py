@@ -21,7 +21,8 @@ import subprocess
 from pathlib import Path
 
 from coviax import RESEARCH_USE_NOTICE, __version__
-from coviax_trainer.config import Config, TrainError, relabel_set, stage1_scans, validation_ids
+from coviax_trainer.config import Config, relabel_set, stage1_scans, validation_ids
+from coviax_trainer.errors import TrainError
 from coviax_trainer.progress import Reporter
 from coviax_trainer.rundir import RunDir, atomic_path, atomic_write, write_json
 

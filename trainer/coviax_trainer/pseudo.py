@@ -32,7 +32,8 @@ import zlib
 
 import numpy as np
 
-from coviax_trainer.config import Config, TrainError, stage1_scans
+from coviax_trainer.config import Config, stage1_scans
+from coviax_trainer.errors import TrainError
 from coviax_trainer.data import scan_done, write_manifest, write_scan_shards
 from coviax_trainer.progress import Reporter, fmt_seconds
 from coviax_trainer.raytools import map_scans, row, spec_of

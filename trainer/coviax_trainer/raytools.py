@@ -7,7 +7,8 @@ import logging
 import os
 from typing import Callable, Iterable
 
-from coviax_trainer.config import Config, ScanSpec
+from coviax_trainer.config import Config
+from coviax_trainer.scans import ScanSpec
 
 _started_here = False
 

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from coviax_trainer.config import Config, TrainConfigError
+from coviax_trainer.config import Config
+from coviax_trainer.errors import TrainConfigError
 
 STATE_FILE = "state.json"
 LOG_FILE = "stages.log"

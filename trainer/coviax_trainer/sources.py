@@ -14,7 +14,8 @@ import functools
 import numpy as np
 
 from coviax.io import Volume, read_scan
-from coviax_trainer.config import Preprocess, ScanSpec
+from coviax_trainer.config import Preprocess
+from coviax_trainer.scans import ScanSpec
 
 
 def preprocess(volume: Volume, pre: Preprocess) -> Volume:
@@ -25,7 +26,7 @@ def preprocess(volume: Volume, pre: Preprocess) -> Volume:
         z0, z1 = pre.z_range
         z1 = min(z1, hu.shape[0])
         if z0 >= z1:
-            from coviax_trainer.config import TrainConfigError
+            from coviax_trainer.errors import TrainConfigError
 
             raise TrainConfigError(f"preprocess.z_range {pre.z_range} is outside the scan's {hu.shape[0]} slices")
         hu = hu[z0:z1]

@@ -104,7 +104,7 @@ def build_arrays(case_ids: list[str], input_size: int, out_dir: Path, reporter) 
     import ray
 
     from coviax_trainer.data import SliceSet, to_network_arrays
-    from coviax_trainer.train import class_weights_from
+    from coviax_trainer.objective import class_weights_from
 
     task = ray.remote(num_cpus=1)(case_examples)
     info: dict = {"train_scans": [], "val_scans": []}
@@ -243,7 +243,7 @@ def install(run: Path, name: str, evaluation: list[str] | None = None) -> Path:
     return weights
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m coviax_trainer.supervised", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--epochs", type=int, default=8)
@@ -256,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
                         "lung as target, scans with lesions at the pleura as input)")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--address", help="join this Ray cluster; default: a local Ray")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     import ray
 
