@@ -164,29 +164,15 @@ def compute_scores(
     total_lung = total_lesion = total_high = 0
     zone_total = 0
     for name, code in (("right", RIGHT_LUNG), ("left", LEFT_LUNG)):
-        lung = lung_labels == code
-        lung_per_slice = np.count_nonzero(lung, axis=(1, 2))
-        lesion_per_slice = np.count_nonzero(lesion & lung, axis=(1, 2))
-        scored_per_slice = np.count_nonzero(scored & lung, axis=(1, 2)) if scored is not lesion else lesion_per_slice
-        high_per_slice = np.count_nonzero(high & lung, axis=(1, 2))
-        n_lung, n_lesion, n_high = int(lung_per_slice.sum()), int(lesion_per_slice.sum()), int(high_per_slice.sum())
+        counts, lung_zones = _one_lung(lung_labels == code, lesion, scored, high, superior_sign)
+        n_lung, n_lesion, n_high = counts
         total_lung += n_lung
         total_lesion += n_lesion
         total_high += n_high
         per_lung[name] = {"opacity_pct": _pct(n_lesion, n_lung), "high_opacity_pct": _pct(n_high, n_lung)}
-        slices = np.flatnonzero(lung_per_slice)
-        zone_idx = zone_of_slices(slices, superior_sign) if slices.size else np.zeros(0, dtype=int)
-        for zi, zone in enumerate(ZONES):
-            chosen = slices[zone_idx == zi]
-            z_lung = int(lung_per_slice[chosen].sum())
-            z_lesion = int(lesion_per_slice[chosen].sum())
-            score = zone_bin(int(scored_per_slice[chosen].sum()), z_lung)
-            zone_total += score
-            zones[f"{name}_{zone}"] = {
-                "score": score,
-                "affected_pct": _pct(z_lesion, z_lung),
-                "slices": [int(chosen.min()), int(chosen.max())] if chosen.size else None,
-            }
+        for zone, entry in lung_zones.items():
+            zone_total += entry["score"]
+            zones[f"{name}_{zone}"] = entry
     scores = {
         "opacity_pct": {
             "overall": _pct(total_lesion, total_lung),
@@ -203,6 +189,30 @@ def compute_scores(
         "research_thresholds": dict(RESEARCH_THRESHOLDS),
     }
     return scores
+
+
+def _one_lung(lung: np.ndarray, lesion: np.ndarray, scored: np.ndarray, high: np.ndarray,
+              superior_sign: float) -> tuple[tuple[int, int, int], dict[str, dict]]:
+    """One lung's (lung, lesion, high-opacity) voxel counts and its three zones (upper, middle, lower):
+    each zone's score, affected percentage and slice range."""
+    lung_per_slice = np.count_nonzero(lung, axis=(1, 2))
+    lesion_per_slice = np.count_nonzero(lesion & lung, axis=(1, 2))
+    scored_per_slice = np.count_nonzero(scored & lung, axis=(1, 2)) if scored is not lesion else lesion_per_slice
+    high_per_slice = np.count_nonzero(high & lung, axis=(1, 2))
+    counts = int(lung_per_slice.sum()), int(lesion_per_slice.sum()), int(high_per_slice.sum())
+    slices = np.flatnonzero(lung_per_slice)
+    zone_idx = zone_of_slices(slices, superior_sign) if slices.size else np.zeros(0, dtype=int)
+    zones = {}
+    for zi, zone in enumerate(ZONES):
+        chosen = slices[zone_idx == zi]
+        z_lung = int(lung_per_slice[chosen].sum())
+        z_lesion = int(lesion_per_slice[chosen].sum())
+        zones[zone] = {
+            "score": zone_bin(int(scored_per_slice[chosen].sum()), z_lung),
+            "affected_pct": _pct(z_lesion, z_lung),
+            "slices": [int(chosen.min()), int(chosen.max())] if chosen.size else None,
+        }
+    return counts, zones
 
 
 def scored_lesions(lesion: np.ndarray, voxel_ml: float | None) -> np.ndarray:
