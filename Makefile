@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[service,trainer,client,sample,test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[service,trainer,client,sample,cohort,test]"
 	command -v chromium >/dev/null && command -v pdftoppm >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium poppler-utils)
 	command -v dciodvfy >/dev/null && command -v storescu >/dev/null && command -v DicomSRValidator >/dev/null && command -v Orthanc >/dev/null && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || (apt-get update -qq && apt-get install -y -qq dicom3tools dcmtk pixelmed-apps orthanc orthanc-dicomweb)
 	# The Khronos glTF validator checks our .glb files in the tests; without npm that one test skips.

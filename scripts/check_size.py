@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("coviax", "service", "clients", "trainer", "research", "bench", "scripts")
+FOLDERS = ("coviax", "service", "clients", "trainer", "research", "cohort", "bench", "scripts")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 

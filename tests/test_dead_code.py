@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("coviax", "service", "clients", "trainer", "research")
+FOLDERS = ("coviax", "service", "clients", "trainer", "research", "cohort")
 
 
 def test_no_dead_code():

@@ -11,7 +11,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHELLS = ("coviax_service", "coviax_trainer", "coviax_research", "coviax_client", "coviax_api")
+SHELLS = ("coviax_service", "coviax_trainer", "coviax_research", "coviax_client", "coviax_api", "coviax_cohort")
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -65,7 +65,8 @@ def test_a_missing_command_module_names_its_extra(monkeypatch, capsys):
 
 # The product's packages and the folders they live in.
 PACKAGES = {"coviax": ROOT, "coviax_service": ROOT / "service", "coviax_trainer": ROOT / "trainer",
-            "coviax_research": ROOT / "research", "coviax_client": ROOT / "clients", "coviax_api": ROOT / "clients"}
+            "coviax_research": ROOT / "research", "coviax_client": ROOT / "clients", "coviax_api": ROOT / "clients",
+            "coviax_cohort": ROOT / "cohort"}
 
 
 def _import_graph() -> dict[str, set[str]]:

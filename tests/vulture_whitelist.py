@@ -16,6 +16,8 @@ _.add_eval_parser
 _.add_phantom_parser
 _.add_serve_parser
 _.add_stats_parser
+_.add_cohort_parser
+_.add_compare_parser
 _.add_train_parser
 # gRPC calls these by name
 _.intercept_service

@@ -35,9 +35,21 @@ SEGMENTS = (
     (Label.CONSOLIDATION, "Consolidation", _ABNORMAL, Code("95436008", "SCT", "Lung consolidation")),
 )
 
+_LESION = Code("52988006", "SCT", "Lesion")
+#: The follow-up change map's segments (codes of coviax.change: 1 new, 2 resolved, 3 persistent).
+CHANGE_SEGMENTS = (
+    (1, "New lesion", _ABNORMAL, _LESION),
+    (2, "Resolved lesion", _ABNORMAL, _LESION),
+    (3, "Persistent lesion", _ABNORMAL, _LESION),
+)
 
-def write_dicom_seg(labels: np.ndarray, volume, path: str | Path, algorithm: str) -> Path:
+
+def write_dicom_seg(labels: np.ndarray, volume, path: str | Path, algorithm: str, segments=SEGMENTS,
+                    description: str = "COViaX lung lesions (research use only)") -> Path:
     """Write ``labels`` (z y x, same order as ``volume.source_headers``) as a DICOM SEG.
+
+    ``segments``: (code in ``labels``, segment label, category, property type) of each possible
+    segment (:data:`SEGMENTS`, or :data:`CHANGE_SEGMENTS` for a follow-up change map).
 
     Raises
     ------
@@ -46,9 +58,9 @@ def write_dicom_seg(labels: np.ndarray, volume, path: str | Path, algorithm: str
     """
     if not volume.source_headers:
         raise ValueError("a DICOM SEG needs a DICOM source series; this scan was read from " + volume.source_format)
-    present = [s for s in SEGMENTS if np.any(labels == s[0])]
+    present = [s for s in segments if np.any(labels == s[0])]
     if not present:
-        present = [SEGMENTS[0]]
+        present = [segments[0]]
     algorithm_id = hd.AlgorithmIdentificationSequence(
         name="COViaX " + algorithm,
         version=SOFTWARE_VERSION,
@@ -71,7 +83,7 @@ def write_dicom_seg(labels: np.ndarray, volume, path: str | Path, algorithm: str
         )
         label_map[labels == label] = number
     with no_person_name_warnings():
-        seg = _segmentation(volume, label_map, descriptions)
+        seg = _segmentation(volume, label_map, descriptions, description)
     conform_study_attributes(seg)
     # No Laterality (General Series, type 2C) on the SEG: dciodvfy reads the condition as unsatisfied for
     # this multi-frame IOD and reports an error when it is present, even empty. pixelmed's
@@ -83,7 +95,7 @@ def write_dicom_seg(labels: np.ndarray, volume, path: str | Path, algorithm: str
     return path
 
 
-def _segmentation(volume, label_map: np.ndarray, descriptions: list) -> hd.seg.Segmentation:
+def _segmentation(volume, label_map: np.ndarray, descriptions: list, description: str) -> hd.seg.Segmentation:
     return hd.seg.Segmentation(
         source_images=volume.source_headers,
         pixel_array=label_map,
@@ -97,6 +109,6 @@ def _segmentation(volume, label_map: np.ndarray, descriptions: list) -> hd.seg.S
         manufacturer_model_name=MODEL_NAME,
         software_versions=SOFTWARE_VERSION,
         device_serial_number="0",
-        series_description="COViaX lung lesions (research use only)",
+        series_description=description[:64],
         omit_empty_frames=True,
     )
