@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -233,6 +232,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _baseline_rows(r: dict, t: dict, core: float) -> list[str]:
+    """The rows of "Against the baselines": lungmask, the naive scipy blobs, peak memory."""
+    lines = []
+    if "lungmask" in r:
+        lm = r["lungmask"]["lungs"]
+        lines.append(
+            f"| lungs + lesions + quantities vs lungmask's lung mask alone | {core:.1f} s | {lm:.1f} s | "
+            f"{core / lm:.2f}x | <= 0.5x {'(met)' if core <= 0.5 * lm else '(NOT met)'} |"
+        )
+        lines.append(f"| lungs only vs lungmask | {t['lungs']:.1f} s | {lm:.1f} s | {t['lungs'] / lm:.2f}x | |")
+    q = r["quantities"]
+    lines.append(
+        f"| quantities vs naive scipy (label + center_of_mass), {q['blobs']} blobs | {q['fast_s']:.2f} s | "
+        f"{q['naive_s']:.2f} s | {1 / q['speedup']:.3f}x | <= 0.125x {'(met)' if q['speedup'] >= 8 else '(NOT met)'} |"
+    )
+    lines.append(
+        f"| peak memory, 500-slice scan | {r['pipeline_unet']['peak_rss_gib']:.2f} GiB | | | < 3 GB "
+        f"{'(met)' if r['pipeline_unet']['peak_rss_gib'] * 1.0737 < 3 else '(NOT met)'} |"
+    )
+    return lines
+
+
 def render(r: dict) -> str:
     t = r["pipeline_unet"]["timings"]
     n = r["slices"]
@@ -263,22 +284,7 @@ def render(r: dict) -> str:
         "| comparison | ours | baseline | ratio | target |",
         "|---|---:|---:|---:|---|",
     ]
-    if "lungmask" in r:
-        lm = r["lungmask"]["lungs"]
-        lines.append(
-            f"| lungs + lesions + quantities vs lungmask's lung mask alone | {core:.1f} s | {lm:.1f} s | "
-            f"{core / lm:.2f}x | <= 0.5x {'(met)' if core <= 0.5 * lm else '(NOT met)'} |"
-        )
-        lines.append(f"| lungs only vs lungmask | {t['lungs']:.1f} s | {lm:.1f} s | {t['lungs'] / lm:.2f}x | |")
-    q = r["quantities"]
-    lines.append(
-        f"| quantities vs naive scipy (label + center_of_mass), {q['blobs']} blobs | {q['fast_s']:.2f} s | "
-        f"{q['naive_s']:.2f} s | {1 / q['speedup']:.3f}x | <= 0.125x {'(met)' if q['speedup'] >= 8 else '(NOT met)'} |"
-    )
-    lines.append(
-        f"| peak memory, 500-slice scan | {r['pipeline_unet']['peak_rss_gib']:.2f} GiB | | | < 3 GB "
-        f"{'(met)' if r['pipeline_unet']['peak_rss_gib'] * 1.0737 < 3 else '(NOT met)'} |"
-    )
+    lines += _baseline_rows(r, t, core)
     lines += ["", "## U-Net on this CPU (32 slices, batch 8)", "", "| variant | ms/slice | agreement with fp32 |", "|---|---:|---:|"]
     for name, v in r["unet_cpu"].items():
         lines.append(f"| {name} | {v['ms_per_slice']:.1f} | {v['agreement_with_fp32']:.4%} |")

@@ -159,6 +159,28 @@ def compute_scores(
     high = (lesion & (hu > HIGH_OPACITY_HU)) | (labels == Label.CONSOLIDATION)
     scored = scored_lesions(lesion, voxel_ml)
 
+    per_lung, zones, (total_lung, total_lesion, total_high), zone_total = _lungs_and_zones(
+        lung_labels, lesion, scored, high, superior_sign)
+    lobe_labels = np.where(scored, labels, np.uint8(Label.HEALTHY_LUNG)) if scored is not lesion else labels
+    return {
+        "opacity_pct": {
+            "overall": _pct(total_lesion, total_lung),
+            **{k: v["opacity_pct"] for k, v in per_lung.items()},
+        },
+        "high_opacity_pct": {
+            "overall": _pct(total_high, total_lung),
+            **{k: v["high_opacity_pct"] for k, v in per_lung.items()},
+        },
+        "high_opacity_hu": HIGH_OPACITY_HU,
+        "six_zone": {"total": zone_total, "max": 24, "zones": zones, "min_lesion_ml": _min_ml(voxel_ml)},
+        "lobe_score": lobe_scores(lobe_labels, lobes, lobe_reason),
+        "research_thresholds": dict(RESEARCH_THRESHOLDS),
+    }
+
+
+def _lungs_and_zones(lung_labels: np.ndarray, lesion: np.ndarray, scored: np.ndarray, high: np.ndarray,
+                     superior_sign: float) -> tuple[dict, dict, tuple[int, int, int], int]:
+    """(percentages per lung, the six zones, total (lung, lesion, high-opacity) voxels, six-zone total)."""
     per_lung: dict[str, dict] = {}
     zones: dict[str, dict] = {}
     total_lung = total_lesion = total_high = 0
@@ -173,22 +195,7 @@ def compute_scores(
         for zone, entry in lung_zones.items():
             zone_total += entry["score"]
             zones[f"{name}_{zone}"] = entry
-    scores = {
-        "opacity_pct": {
-            "overall": _pct(total_lesion, total_lung),
-            **{k: v["opacity_pct"] for k, v in per_lung.items()},
-        },
-        "high_opacity_pct": {
-            "overall": _pct(total_high, total_lung),
-            **{k: v["high_opacity_pct"] for k, v in per_lung.items()},
-        },
-        "high_opacity_hu": HIGH_OPACITY_HU,
-        "six_zone": {"total": zone_total, "max": 24, "zones": zones, "min_lesion_ml": _min_ml(voxel_ml)},
-        "lobe_score": lobe_scores(np.where(scored, labels, np.uint8(Label.HEALTHY_LUNG)) if scored is not lesion
-                                  else labels, lobes, lobe_reason),
-        "research_thresholds": dict(RESEARCH_THRESHOLDS),
-    }
-    return scores
+    return per_lung, zones, (total_lung, total_lesion, total_high), zone_total
 
 
 def _one_lung(lung: np.ndarray, lesion: np.ndarray, scored: np.ndarray, high: np.ndarray,

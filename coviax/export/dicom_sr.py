@@ -109,6 +109,44 @@ def build_sr(report: dict, seg, series_uid: str | None = None) -> hd.sr.Comprehe
     )
     context = hd.sr.ObservationContext(observer_device_context=device)
     source_series = series_uid or seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    groups = _segment_groups(report, seg, algorithm, source_series)
+    # The whole lung cavity is no single segment, so it is a TID 1501 group (measurements without an ROI),
+    # which TID 1500 allows beside TID 1411 groups. pixelmed's DicomSRValidator reports three "Missing
+    # conditional content item" errors on it (TID 1411 rows 5, 7 and 10: Image Region, Referenced Segment,
+    # Volume Surface): its TID 1500 rule picks one template for *all* Measurement Group containers at once
+    # -- TID 1411 as soon as any group has a Referenced Segment, TID 1501 only when none has -- so in a
+    # mixed report it checks the 1501 group against TID 1411. That is the validator's dispatch, not the SR.
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="lung cavity"),
+        finding_type=LUNG,
+        algorithm_id=algorithm,
+        finding_sites=[_site()],
+        measurements=_whole_lung_measurements(report),
+        source_images=[hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=seg.SOPClassUID, referenced_sop_instance_uid=seg.SOPInstanceUID)],
+    ))
+    content = hd.sr.MeasurementReport(observation_context=context, procedure_reported=CT_CHEST, imaging_measurements=groups)
+    with no_person_name_warnings():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[seg],
+            content=content,
+            series_instance_uid=hd.UID(),
+            series_number=SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,  # research output, not the definitive report
+            is_verified=False,
+            series_description="COViaX measurements (research use only)",
+        )
+    declare_coding_scheme(sr)
+    conform_study_attributes(sr)  # SEG files written before the fix may carry incomplete study references
+    return sr
+
+
+def _segment_groups(report: dict, seg, algorithm, source_series: str) -> list:
+    """One TID 1411 group per segment of ``seg``: its volume, and for GGO and consolidation its ratio."""
     volumes = segment_volumes_ml(report)
     ratios = report["ratios_pct"]
     groups = []
@@ -134,12 +172,17 @@ def build_sr(report: dict, seg, series_uid: str | None = None) -> hd.sr.Comprehe
             finding_sites=[_site()],
             measurements=measurements,
         ))
+    return groups
+
+
+def _whole_lung_measurements(report: dict) -> list:
+    """The lung cavity's measurements: volumes, VRall, opacity percentages and the severity scores."""
     lung = report["lungs"]["volume_ml"]
     whole = [
         _measurement(VOLUME, lung["total"], ML),
         _measurement(VOLUME, lung["right"], ML, codes.SCT.Right),
         _measurement(VOLUME, lung["left"], ML, codes.SCT.Left),
-        _measurement(VR_ALL, ratios["all"], PERCENT),
+        _measurement(VR_ALL, report["ratios_pct"]["all"], PERCENT),
     ]
     scores = report.get("scores")
     if scores:
@@ -153,39 +196,7 @@ def build_sr(report: dict, seg, series_uid: str | None = None) -> hd.sr.Comprehe
         whole.append(_measurement(SIX_ZONE, scores["six_zone"]["total"], NO_UNITS))
         if scores["lobe_score"].get("computed"):
             whole.append(_measurement(LOBE_SCORE, scores["lobe_score"]["total"], NO_UNITS))
-    # The whole lung cavity is no single segment, so it is a TID 1501 group (measurements without an ROI),
-    # which TID 1500 allows beside TID 1411 groups. pixelmed's DicomSRValidator reports three "Missing
-    # conditional content item" errors on it (TID 1411 rows 5, 7 and 10: Image Region, Referenced Segment,
-    # Volume Surface): its TID 1500 rule picks one template for *all* Measurement Group containers at once
-    # -- TID 1411 as soon as any group has a Referenced Segment, TID 1501 only when none has -- so in a
-    # mixed report it checks the 1501 group against TID 1411. That is the validator's dispatch, not the SR.
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="lung cavity"),
-        finding_type=LUNG,
-        algorithm_id=algorithm,
-        finding_sites=[_site()],
-        measurements=whole,
-        source_images=[hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=seg.SOPClassUID, referenced_sop_instance_uid=seg.SOPInstanceUID)],
-    ))
-    content = hd.sr.MeasurementReport(observation_context=context, procedure_reported=CT_CHEST, imaging_measurements=groups)
-    with no_person_name_warnings():
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=[seg],
-            content=content,
-            series_instance_uid=hd.UID(),
-            series_number=SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            is_complete=True,
-            is_final=False,  # research output, not the definitive report
-            is_verified=False,
-            series_description="COViaX measurements (research use only)",
-        )
-    declare_coding_scheme(sr)
-    conform_study_attributes(sr)  # SEG files written before the fix may carry incomplete study references
-    return sr
+    return whole
 
 
 def declare_coding_scheme(sr) -> None:

@@ -231,7 +231,32 @@ def page_figure(report: dict, overlays: list[tuple[int, np.ndarray]], render_rgb
     fig.text(0.05, 0.906, f"Study: {f['study']}    Analysed: {f['date']}", fontsize=9.5, va="top")
     fig.text(0.05, 0.889, f["input"], fontsize=8.5, va="top", color="#444")
 
-    # Left column: the numbers.
+    _numbers_column(fig, f)
+
+    # Right column: the 3D render (it carries its own title and legend).
+    if render_rgb is not None:
+        ax = fig.add_axes((0.56, 0.50, 0.41, 0.40))
+        ax.imshow(render_rgb, interpolation="antialiased")
+        ax.axis("off")
+    # Slices: two rows of three.
+    fig.text(0.05, 0.478, "Most affected slices (lung window, class overlay)", fontsize=10.5, weight="bold", va="top")
+    for k, (z, rgb) in enumerate(overlays[:6]):
+        row, col = divmod(k, 3)
+        a = fig.add_axes((0.05 + col * 0.305, 0.285 - row * 0.19, 0.29, 0.17))
+        a.imshow(rgb, interpolation="antialiased")
+        a.set_title(f"slice {z + 1} of {n_slices}", fontsize=8, pad=2)
+        a.axis("off")
+    handles = [Patch(color=np.asarray(COLOURS[l]) / 255, label=l.display_name) for l in (Label.VESSEL, Label.GGO, Label.CONSOLIDATION)]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.088), ncol=3, fontsize=8, frameon=False)
+    fig.text(0.05, 0.058, "   |   ".join(f"{k}: {v}" for k, v in f["method"]), fontsize=7.5, va="top", color="#333")
+    fig.text(0.05, 0.040, _wrap(f["notice"] + " The numbers are measurements of an automatic segmentation; "
+                                "read them with the images.", 130), fontsize=7, va="top", color="#333")
+    return fig
+
+
+def _numbers_column(fig, f: dict) -> None:
+    """The page's left column: volumes and ratios, severity scores (six-zone table, lobes), thresholds."""
+
     def section(title, rows, y, value_x=0.32, size=8.5, width=34):
         fig.text(0.05, y, title, fontsize=10.5, weight="bold", va="top")
         y -= 0.019
@@ -257,26 +282,6 @@ def page_figure(report: dict, overlays: list[tuple[int, np.ndarray]], render_rgb
         y -= 0.03
     if f["thresholds"]:
         fig.text(0.05, y - 0.002, _wrap(f["thresholds"], 78), fontsize=7, va="top", style="italic", color="#555")
-
-    # Right column: the 3D render (it carries its own title and legend).
-    if render_rgb is not None:
-        ax = fig.add_axes((0.56, 0.50, 0.41, 0.40))
-        ax.imshow(render_rgb, interpolation="antialiased")
-        ax.axis("off")
-    # Slices: two rows of three.
-    fig.text(0.05, 0.478, "Most affected slices (lung window, class overlay)", fontsize=10.5, weight="bold", va="top")
-    for k, (z, rgb) in enumerate(overlays[:6]):
-        row, col = divmod(k, 3)
-        a = fig.add_axes((0.05 + col * 0.305, 0.285 - row * 0.19, 0.29, 0.17))
-        a.imshow(rgb, interpolation="antialiased")
-        a.set_title(f"slice {z + 1} of {n_slices}", fontsize=8, pad=2)
-        a.axis("off")
-    handles = [Patch(color=np.asarray(COLOURS[l]) / 255, label=l.display_name) for l in (Label.VESSEL, Label.GGO, Label.CONSOLIDATION)]
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.088), ncol=3, fontsize=8, frameon=False)
-    fig.text(0.05, 0.058, "   |   ".join(f"{k}: {v}" for k, v in f["method"]), fontsize=7.5, va="top", color="#333")
-    fig.text(0.05, 0.040, _wrap(f["notice"] + " The numbers are measurements of an automatic segmentation; "
-                                "read them with the images.", 130), fontsize=7, va="top", color="#333")
-    return fig
 
 
 def _wrap(text: str, width: int) -> str:

@@ -43,18 +43,30 @@ def write_glb(meshes: list[Mesh], path: str | Path) -> Path:
         accessors.append({"bufferView": add_view(idx.tobytes(), 34963), "componentType": 5125, "count": idx.size,
                           "type": "SCALAR"})
         i_acc = len(accessors) - 1
-        rgba = list(colours.get(mesh.name, (0.8, 0.8, 0.8, 1.0)))
-        material = {"name": mesh.name, "doubleSided": rgba[3] < 1.0,
-                    "pbrMetallicRoughness": {"baseColorFactor": rgba, "metallicFactor": 0.0, "roughnessFactor": 0.8}}
-        if rgba[3] < 1.0:
-            material["alphaMode"] = "BLEND"
-        materials.append(material)
+        materials.append(_material(mesh.name, list(colours.get(mesh.name, (0.8, 0.8, 0.8, 1.0)))))
         gl_meshes.append({"name": mesh.name, "primitives": [{
             "attributes": {"POSITION": p_acc, "NORMAL": n_acc}, "indices": i_acc, "material": len(materials) - 1}],
             "extras": {"volume_ml": round(mesh.volume_ml(), 3)}})
         nodes.append({"name": mesh.name, "mesh": len(gl_meshes) - 1})
     while len(buffer) % 4:
         buffer.append(0)
+    gltf = _gltf_document(nodes, gl_meshes, materials, accessors, views, len(buffer))
+    path = Path(path)
+    path.write_bytes(_glb(gltf, bytes(buffer)))
+    return path
+
+
+def _material(name: str, rgba: list) -> dict:
+    material = {"name": name, "doubleSided": rgba[3] < 1.0,
+                "pbrMetallicRoughness": {"baseColorFactor": rgba, "metallicFactor": 0.0, "roughnessFactor": 0.8}}
+    if rgba[3] < 1.0:
+        material["alphaMode"] = "BLEND"
+    return material
+
+
+def _gltf_document(nodes: list, gl_meshes: list, materials: list, accessors: list, views: list,
+                   buffer_length: int) -> dict:
+    """The glTF JSON: a root node that maps patient LPS mm to glTF metres, the structures below it."""
     root = np.eye(4)
     root[:3, :3] = LPS_TO_GLTF * 0.001
     # Opaque structures first so that viewers that do not sort blend the lung over them.
@@ -69,20 +81,23 @@ def write_glb(meshes: list[Mesh], path: str | Path) -> Path:
         "materials": materials,
         "accessors": accessors,
         "bufferViews": views,
-        "buffers": [{"byteLength": len(buffer)}],
+        "buffers": [{"byteLength": buffer_length}],
         "extras": {"units": "vertex data in patient LPS millimetres; root node maps to metres, Y superior, Z anterior",
                    "notice": "Research use only - not a medical device"},
     }
     if not nodes:  # glTF forbids empty top-level arrays (the Khronos validator's EMPTY_ENTITY): leave them out
         del gltf["meshes"], gltf["materials"], gltf["accessors"], gltf["bufferViews"], gltf["buffers"]
+    return gltf
+
+
+def _glb(gltf: dict, buffer: bytes) -> bytes:
+    """The GLB container: header, the JSON chunk (space-padded) and the binary chunk when there is one."""
     js = json.dumps(gltf, separators=(",", ":")).encode()
     js += b" " * (-len(js) % 4)
     chunks = struct.pack("<II", len(js), 0x4E4F534A) + js
     if buffer:
-        chunks += struct.pack("<II", len(buffer), 0x004E4942) + bytes(buffer)
-    path = Path(path)
-    path.write_bytes(struct.pack("<III", 0x46546C67, 2, 12 + len(chunks)) + chunks)
-    return path
+        chunks += struct.pack("<II", len(buffer), 0x004E4942) + buffer
+    return struct.pack("<III", 0x46546C67, 2, 12 + len(chunks)) + chunks
 
 
 def write_stl(mesh: Mesh, path: str | Path) -> Path:

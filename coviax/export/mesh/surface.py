@@ -96,9 +96,6 @@ def mesh_from_mask(
         Gaussian sigma (in grid cells, in-plane only) applied to the fraction
         field before contouring; 0 for none.
     """
-    from scipy import ndimage
-    from skimage.measure import marching_cubes
-
     spacing = np.asarray(spacing_zyx, dtype=np.float64)
     if index_to_patient is None:
         def index_to_patient(zyx):
@@ -107,9 +104,39 @@ def mesh_from_mask(
     box = _bbox(mask)
     if box is None:
         return empty
-    src = mask[box]
-    n_voxels = int(np.count_nonzero(src))
+    contoured = _contour_coarsening(mask[box], spacing, target_mm, max_faces, level, blur)
+    if contoured is None:
+        return empty
+    verts, faces, factors = contoured
     starts = np.array([s.start for s in box], dtype=np.float64)
+    # grid index -> source index: grid cell j (after the pad of 1) is the block of
+    # source voxels j*f .. j*f + f - 1, whose centre is j*f + (f - 1) / 2.
+    verts = (verts - 1.0) * factors + (factors - 1) / 2.0 + starts
+    return _closed_smooth_mesh(name, verts, faces, spacing, smooth_iterations, index_to_patient)
+
+
+def _closed_smooth_mesh(name: str, verts: np.ndarray, faces: np.ndarray, spacing: np.ndarray,
+                        smooth_iterations: int, index_to_patient) -> Mesh:
+    """The mesh in patient mm from vertices in source indices: small holes closed, Taubin-smoothed in mm,
+    faces turned outwards."""
+    faces = close_small_holes(faces.astype(np.int64))
+    verts_mm = verts * spacing  # smooth in mm, not in anisotropic voxel units
+    if smooth_iterations:
+        verts_mm = taubin_smooth(verts_mm, faces, smooth_iterations)
+    patient = np.asarray(index_to_patient(verts_mm / spacing), dtype=np.float64)
+    if mesh_volume_mm3(patient, faces) < 0:
+        faces = faces[:, ::-1].copy()
+    return Mesh(name, patient, faces)
+
+
+def _contour_coarsening(src: np.ndarray, spacing: np.ndarray, target_mm: float, max_faces: int,
+                        level: float | str, blur: float):
+    """(vertices in padded grid cells, faces, block factors) of the mask cropped to its box, on a grid
+    coarsened in-plane until the surface has at most ``max_faces`` triangles; None when it has none."""
+    from scipy import ndimage
+    from skimage.measure import marching_cubes
+
+    n_voxels = int(np.count_nonzero(src))
     factors = np.array([max(1, int(round(target_mm / s))) for s in spacing])
     while True:
         field = _block_mean(src, factors)
@@ -120,24 +147,13 @@ def mesh_from_mask(
             verts, faces = _contour_to_volume(field, n_voxels / float(np.prod(factors)))
         else:
             if field.max() <= level:
-                return empty
+                return None
             verts, faces, _, _ = marching_cubes(field, level=float(level), allow_degenerate=False)
         if len(faces) == 0:
-            return empty
+            return None
         if len(faces) <= max_faces or factors[1] * spacing[1] > 8 * target_mm:
-            break
+            return verts, faces, factors
         factors[1:] += 1
-    # grid index -> source index: grid cell j (after the pad of 1) is the block of
-    # source voxels j*f .. j*f + f - 1, whose centre is j*f + (f - 1) / 2.
-    verts = (verts - 1.0) * factors + (factors - 1) / 2.0 + starts
-    faces = close_small_holes(faces.astype(np.int64))
-    verts_mm = verts * spacing  # smooth in mm, not in anisotropic voxel units
-    if smooth_iterations:
-        verts_mm = taubin_smooth(verts_mm, faces, smooth_iterations)
-    patient = np.asarray(index_to_patient(verts_mm / spacing), dtype=np.float64)
-    if mesh_volume_mm3(patient, faces) < 0:
-        faces = faces[:, ::-1].copy()
-    return Mesh(name, patient, faces)
 
 
 def _block_mean(mask: np.ndarray, factors: np.ndarray) -> np.ndarray:
