@@ -15,7 +15,6 @@ are handed in (:class:`PrecomputedEngine`), keyed by SOPInstanceUID.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from coviax.files import file_sha256, fsync_path
 from coviax_service.errors import JobCancelled, disk_full
 
 _progress_queue = None
@@ -183,22 +183,16 @@ def process_job(job_id: str, job_dir: str, out_name: str, options, engine, predi
         if disk_full(exc):
             raise OSError(errno.ENOSPC, "No space left on device while the results were written") from None
         raise
-    artifacts = []
-    for name, path in result.artifacts.items():
-        path = Path(path)
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-            os.fsync(f.fileno())
-        artifacts.append({
-            "name": name, "kind": media_type(path.name), "file_name": path.name,
-            "size": path.stat().st_size, "sha256": digest.hexdigest(),
-            "path": str(path.relative_to(job_dir.parent.parent)),
-        })
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    artifacts = [_durable_artifact(name, Path(path), job_dir) for name, path in result.artifacts.items()]
+    fsync_path(out_dir)
     return {"report": result.report, "artifacts": artifacts}
+
+
+def _durable_artifact(name: str, path: Path, job_dir: Path) -> dict:
+    """The artifact's row (name, media type, size, SHA-256, path under the data folder), its file fsync'ed."""
+    digest = file_sha256(path, fsync=True)
+    return {
+        "name": name, "kind": media_type(path.name), "file_name": path.name,
+        "size": path.stat().st_size, "sha256": digest,
+        "path": str(path.relative_to(job_dir.parent.parent)),
+    }
