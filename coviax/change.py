@@ -139,27 +139,11 @@ def change_rgb(hu_slice: np.ndarray, change_slice: np.ndarray, alpha: float = 0.
 
 def write_change_montage(hu: np.ndarray, change: np.ndarray, path: str | Path, title: str = "", n: int = 6) -> Path:
     """PNG of the ``n`` follow-up slices with the most change, new red, resolved green, persistent yellow."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib import pyplot as plt
-    from matplotlib.patches import Patch
+    from coviax.export.montage import write_slice_grid
 
     per_slice = np.count_nonzero(change, axis=(1, 2))
     slices = sorted(int(z) for z in np.argsort(per_slice, kind="stable")[::-1][:n] if per_slice[z] > 0)
     slices = slices or [hu.shape[0] // 2]
-    cols = min(3, len(slices))
-    rows = int(np.ceil(len(slices) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows + 0.6), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, z in zip(axes.ravel(), slices):
-        ax.imshow(change_rgb(hu[z], change[z]))
-        ax.set_title(f"follow-up slice {z + 1} of {hu.shape[0]}", fontsize=9)
-    handles = [Patch(color=np.asarray(CHANGE_COLOURS[c]) / 255, label=CHANGE_NAMES[c]) for c in CHANGE_NAMES]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9, frameon=False)
-    fig.suptitle((title + "\n" if title else "") + "Research use only - not a medical device", fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    panels = [(f"follow-up slice {z + 1} of {hu.shape[0]}", change_rgb(hu[z], change[z])) for z in slices]
+    legend = [(CHANGE_COLOURS[c], CHANGE_NAMES[c]) for c in CHANGE_NAMES]
+    return write_slice_grid(panels, legend, path, title)

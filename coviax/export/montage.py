@@ -35,22 +35,30 @@ def overlay_rgb(hu_slice: np.ndarray, label_slice: np.ndarray, alpha: float = 0.
 
 
 def write_montage(hu: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "", n: int = 6) -> Path:
+    panels = [(f"slice {z + 1} of {hu.shape[0]}", overlay_rgb(hu[z], labels[z])) for z in most_affected_slices(labels, n)]
+    legend = [(COLOURS[label], label.display_name) for label in (Label.VESSEL, Label.GGO, Label.CONSOLIDATION)]
+    return write_slice_grid(panels, legend, path, title)
+
+
+def write_slice_grid(panels: list[tuple[str, np.ndarray]], legend: list[tuple[tuple, str]], path: str | Path,
+                     title: str = "") -> Path:
+    """A PNG of RGB slices (caption, image) in rows of three, a legend ((RGB 0-255, name) per entry) below,
+    and the title above the research-use notice. The lesion montage and the follow-up change montage."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib import pyplot as plt
     from matplotlib.patches import Patch
 
-    slices = most_affected_slices(labels, n)
-    cols = min(3, len(slices))
-    rows = int(np.ceil(len(slices) / cols))
+    cols = min(3, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows + 0.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, z in zip(axes.ravel(), slices):
-        ax.imshow(overlay_rgb(hu[z], labels[z]))
-        ax.set_title(f"slice {z + 1} of {hu.shape[0]}", fontsize=9)
-    handles = [Patch(color=np.asarray(COLOURS[l]) / 255, label=l.display_name) for l in (Label.VESSEL, Label.GGO, Label.CONSOLIDATION)]
+    for ax, (caption, rgb) in zip(axes.ravel(), panels):
+        ax.imshow(rgb)
+        ax.set_title(caption, fontsize=9)
+    handles = [Patch(color=np.asarray(colour) / 255, label=name) for colour, name in legend]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9, frameon=False)
     fig.suptitle((title + "\n" if title else "") + "Research use only - not a medical device", fontsize=10)
     path = Path(path)
