@@ -27,6 +27,8 @@ from coviax.labels import LEFT_LUNG, RIGHT_LUNG
 #: Every lung method, the default first. The client keeps a copy (it does not import the core);
 #: tests/test_settings.py checks that they agree.
 LUNG_METHODS = ("auto", "lungmask", "unet", "classical")
+#: The lung methods that need no weights (``auto`` falls back to the classical method).
+WEIGHTLESS_METHODS = ("auto", "classical")
 
 
 @dataclass
@@ -49,6 +51,16 @@ class LungMask:
     def voxel_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels.ravel(), minlength=3)
         return {"right": int(counts[RIGHT_LUNG]), "left": int(counts[LEFT_LUNG])}
+
+
+def available_methods() -> tuple[str, ...]:
+    """The lung methods this machine can run: those that need no weights, then those whose weights are
+    found here (in :data:`LUNG_METHODS` order)."""
+    from coviax.lungs import lungmask_adapter, unet
+
+    found = {"lungmask": lungmask_adapter.find_weights("R231") is not None, "unet": unet.find_weights() is not None}
+    return (tuple(m for m in LUNG_METHODS if m in WEIGHTLESS_METHODS)
+            + tuple(m for m in LUNG_METHODS if found.get(m)))
 
 
 def segment_lungs(volume, method: str = "auto", weights: str | None = None, device: str = "cpu") -> LungMask:

@@ -10,6 +10,7 @@ valid message (:func:`add_to_server` registers deserializers that never raise).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 
@@ -45,6 +46,22 @@ def status_code(name: str) -> grpc.StatusCode:
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, job_id: str | None = None):
     code, message = classify(exc, job_id)
     await context.abort(status_code(code), message)
+
+
+def _answered(handler):
+    """A unary RPC whose malformed request or error is answered with its status code (the mapping of
+    :func:`coviax_service.errors.classify`), in one place for every such RPC."""
+
+    @functools.wraps(handler)
+    async def answer(self, request, context):
+        try:
+            if isinstance(request, Malformed):
+                raise request.error()
+            return await handler(self, request, context)
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return answer
 
 
 # ---------------------------------------------------------------------------- malformed messages
@@ -242,36 +259,23 @@ class CoviaxServicer:
 
     # ------------------------------------------------------------------ queries
 
+    @_answered
     async def GetJob(self, request, context):
-        try:
-            if isinstance(request, Malformed):
-                raise request.error()
-            return job_message(await self.jobs.get_job(request.job_id, self.tenant(context)))
-        except Exception as exc:
-            await _abort(context, exc)
+        return job_message(await self.jobs.get_job(request.job_id, self.tenant(context)))
 
+    @_answered
     async def ListJobs(self, request, context):
         try:
-            if isinstance(request, Malformed):
-                raise request.error()
-            try:
-                state = state_name(request.state)
-            except ValueError:
-                raise InvalidRequest(f"state {request.state} is not a JobState; leave it unset for all states") from None
-            records, token = await self.jobs.list_jobs(request.batch_id, state, request.page_size, request.page_token,
-                                                       self.tenant(context))
-            return pb.ListJobsResponse(jobs=[job_message(r, with_result=False) for r in records],
-                                       next_page_token=token)
-        except Exception as exc:
-            await _abort(context, exc)
+            state = state_name(request.state)
+        except ValueError:
+            raise InvalidRequest(f"state {request.state} is not a JobState; leave it unset for all states") from None
+        records, token = await self.jobs.list_jobs(request.batch_id, state, request.page_size, request.page_token,
+                                                   self.tenant(context))
+        return pb.ListJobsResponse(jobs=[job_message(r, with_result=False) for r in records], next_page_token=token)
 
+    @_answered
     async def CancelJob(self, request, context):
-        try:
-            if isinstance(request, Malformed):
-                raise request.error()
-            return job_message(await self.jobs.cancel_by_id(request.job_id, self.tenant(context)))
-        except Exception as exc:
-            await _abort(context, exc)
+        return job_message(await self.jobs.cancel_by_id(request.job_id, self.tenant(context)))
 
     async def DownloadArtifact(self, request, context):
         try:

@@ -15,23 +15,18 @@ import logging
 import uuid
 
 from coviax_service.errors import LimitExceeded, Unavailable, Unsupported, classify
-from coviax_service.jobs.model import TEXT_LIMITS, JobOptions, JobRequest, JobState, Lifecycle, LiveJob
+from coviax_service.jobs.model import TEXT_LIMITS, JobOptions, JobPart, JobRequest, JobState, Lifecycle, LiveJob
 from coviax_service.jobs.scheduler import Scheduler
 
 log = logging.getLogger("coviax.service")
 
 
-class Admission:
+class Admission(JobPart):
     """``describe``: a callable giving the running engine's (device, model id, model notes)."""
 
     def __init__(self, config, store, metrics, scheduler: Scheduler, lifecycle: Lifecycle, live: dict[str, LiveJob],
                  describe):
-        self.config = config
-        self.store = store
-        self.metrics = metrics
-        self.scheduler = scheduler
-        self.lifecycle = lifecycle
-        self.live = live
+        super().__init__(config, store, metrics, scheduler, lifecycle, live)
         self.describe = describe
 
     def resolve_options(self, request: JobRequest) -> JobOptions:

@@ -152,10 +152,9 @@ class JobManager:
         await asyncio.gather(*futures)
 
     def _describe(self) -> ServerDescription:
-        from coviax.lungs import lungmask_adapter, unet
+        from coviax.lungs import available_methods
 
-        lung_methods = (("auto", "classical") + (("lungmask",) if lungmask_adapter.find_weights("R231") else ())
-                        + (("unet",) if unet.find_weights() else ()))
+        lung_methods = available_methods()
         if self.slice_engine is not None:
             info = self.slice_engine.model_info()
             engine, model, weights_sha, card, device = "unet", info.model, info.weights_sha256, info.card, info.device

@@ -251,3 +251,17 @@ class Lifecycle:
     ready: bool = False
     draining: bool = False
     closing: bool = False
+
+
+class JobPart:
+    """What the parts of the job service share (admission, uploads, runner): the config, the store, the
+    metrics and the scheduler, and for the parts that follow live jobs the lifecycle and the live jobs."""
+
+    def __init__(self, config, store, metrics, scheduler, lifecycle: Lifecycle | None = None,
+                 live: dict[str, LiveJob] | None = None):
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.scheduler = scheduler
+        self.lifecycle = lifecycle
+        self.live = live

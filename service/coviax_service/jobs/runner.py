@@ -19,23 +19,18 @@ from coviax_service import worker
 from concurrent.futures.process import BrokenProcessPool
 
 from coviax_service.errors import PROCESS_EXITS, JobCancelled, WorkerDied, classify
-from coviax_service.jobs.model import JobState, Lifecycle, LiveJob
+from coviax_service.jobs.model import JobPart, JobState, Lifecycle, LiveJob
 
 log = logging.getLogger("coviax.service")
 
 
-class Runner:
+class Runner(JobPart):
     """``engine``: the 3D engine handed to the workers (None with a slice engine, whose predictions
     ``predictor`` gathers). ``on_done``: called after a job became DONE (retention by size)."""
 
     def __init__(self, config, store, metrics, scheduler, lifecycle: Lifecycle, live: dict[str, LiveJob],
                  predictor=None, engine=None, on_done=None):
-        self.config = config
-        self.store = store
-        self.metrics = metrics
-        self.scheduler = scheduler
-        self.lifecycle = lifecycle
-        self.live = live
+        super().__init__(config, store, metrics, scheduler, lifecycle, live)
         self.predictor = predictor
         self.engine = engine
         self.pool = None

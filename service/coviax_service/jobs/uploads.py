@@ -23,7 +23,7 @@ import numpy as np
 
 from coviax.files import fsync_path
 from coviax_service.errors import InvalidRequest, JobCancelled, LimitExceeded
-from coviax_service.jobs.model import JobState, LiveJob
+from coviax_service.jobs.model import JobPart, JobState, LiveJob
 
 log = logging.getLogger("coviax.service")
 
@@ -31,15 +31,12 @@ log = logging.getLogger("coviax.service")
 MAX_RAW_PIXELS = 2048 * 2048
 
 
-class Uploads:
+class Uploads(JobPart):
     """``predictor``: the SlicePredictor of a slice engine, or None (3D engines wait for the whole scan).
     ``on_complete(job)``: called once a streamed job's upload is on disk (it starts the job)."""
 
     def __init__(self, config, store, metrics, scheduler, predictor, on_complete: Callable[[LiveJob], None]):
-        self.config = config
-        self.store = store
-        self.metrics = metrics
-        self.scheduler = scheduler
+        super().__init__(config, store, metrics, scheduler)
         self.predictor = predictor
         self.on_complete = on_complete
 
@@ -58,11 +55,7 @@ class Uploads:
 
     async def receive_chunk(self, job: LiveJob, chunk) -> None:
         """One DicomChunk of ``job``'s upload."""
-        if job.terminal:
-            raise JobCancelled("the job was cancelled")
-        up = job.upload
-        if up.kind == "raw":
-            raise InvalidRequest("DicomChunk after RawSlices: one scan is sent either as DICOM or as raw slices")
+        up = _open_upload(job, "dicom")
         up.kind = "dicom"
         index = int(chunk.instance_index)
         if up.open_index is None:
@@ -117,11 +110,7 @@ class Uploads:
 
     async def receive_raw(self, job: LiveJob, raw) -> None:
         """One RawSlices message of ``job``'s upload."""
-        if job.terminal:
-            raise JobCancelled("the job was cancelled")
-        up = job.upload
-        if up.kind == "dicom":
-            raise InvalidRequest("RawSlices after DicomChunk: one scan is sent either as DICOM or as raw slices")
+        up = _open_upload(job, "raw")
         if up.raw_geometry is None:
             up.raw_geometry = self._raw_geometry(raw)
             up.kind = "raw"
@@ -196,3 +185,15 @@ class Uploads:
         fsync_path(input_dir)
         fsync_path(input_dir.parent)
         fsync_path(input_dir.parent.parent)
+
+
+def _open_upload(job: LiveJob, kind: str):
+    """``job``'s upload, for a message of ``kind`` ("dicom" or "raw"): JobCancelled once the job is over,
+    InvalidRequest when the scan came as the other kind."""
+    if job.terminal:
+        raise JobCancelled("the job was cancelled")
+    up = job.upload
+    if up.kind == ("raw" if kind == "dicom" else "dicom"):
+        order = "DicomChunk after RawSlices" if kind == "dicom" else "RawSlices after DicomChunk"
+        raise InvalidRequest(f"{order}: one scan is sent either as DICOM or as raw slices")
+    return up
