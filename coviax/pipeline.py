@@ -205,7 +205,7 @@ def _write_seg(job: _OutputJob) -> None:
     if not job.volume.source_headers:
         job.notes.append("no DICOM SEG written: the input was not a DICOM series")
         return
-    from coviax.export.dicom_seg import write_dicom_seg
+    from coviax.export.dicom.seg import write_dicom_seg
 
     job.artifacts["dicom_seg"] = write_dicom_seg(job.lesions.labels, job.volume, job.out / "seg.dcm", job.lesions.engine)
 
@@ -244,7 +244,7 @@ def _write_secondary_capture(job: _OutputJob) -> None:
     if not job.volume.source_headers:
         job.notes.append("no DICOM Secondary Capture written: the input was not a DICOM series")
         return
-    from coviax.export.secondary_capture import write_secondary_capture
+    from coviax.export.dicom.sc import write_secondary_capture
 
     job.artifacts["dicom_sc"] = write_secondary_capture(page, job.volume, job.out / "report_sc.dcm")
 
@@ -255,7 +255,7 @@ def _write_sr(job: _OutputJob) -> None:
         return
     import pydicom
 
-    from coviax.export.dicom_sr import write_dicom_sr
+    from coviax.export.dicom.sr import write_dicom_sr
 
     seg_dataset = pydicom.dcmread(job.artifacts["dicom_seg"], stop_before_pixels=True)
     job.artifacts["dicom_sr"] = write_dicom_sr(job.report, seg_dataset, job.out / "measurements_sr.dcm",

@@ -34,7 +34,7 @@ OUTPUT_FILES = ("seg.dcm", "measurements_sr.dcm", "report_sc.dcm")
 PIXELMED_KNOWN = (
     ("seg.dcm", r"^Error: GeneralSeriesModule/Laterality/: : Missing conditional attribute$",
      "pixelmed requires Laterality whenever no Image/Frame Laterality exists; dciodvfy forbids it on a "
-     "SEG (condition unsatisfied). We follow dciodvfy; see coviax/export/dicom_seg.py"),
+     "SEG (condition unsatisfied). We follow dciodvfy; see coviax/export/dicom/seg.py"),
     ("measurements_sr.dcm", r'^Error: Template 1500 .*Procedure reported.*Code \(24627-2,LN,"CT Chest"\) not found '
      r"in context group 100$",
      "CID 100 is extensible and the row baseline; pixelmed errs on any code outside a group"),

@@ -21,7 +21,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 import coviax
-from coviax.export import dicom_sr
+from coviax.export.dicom import sr as dicom_sr
 from coviax.export.report import build_report
 from coviax.lesions import LesionLabels
 from coviax.lungs import LungMask

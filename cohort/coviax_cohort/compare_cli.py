@@ -53,7 +53,7 @@ def compare_scans(baseline, followup, out_dir, transform: str = "rigid", options
     files["labels"] = out / "change_labels.nii.gz"
     sitk.WriteImage(follow.volume.to_sitk(change.change_map), str(files["labels"]), useCompression=True)
     if follow.volume.source_headers:
-        from coviax.export.dicom_seg import CHANGE_SEGMENTS, write_dicom_seg
+        from coviax.export.dicom.seg import CHANGE_SEGMENTS, write_dicom_seg
 
         files["seg"] = write_dicom_seg(change.change_map, follow.volume, out / "change_seg.dcm",
                                        f"{follow.lesions.engine} change", segments=CHANGE_SEGMENTS,

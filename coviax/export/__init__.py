@@ -2,6 +2,6 @@
 
 - :mod:`coviax.export.report` -- ``report.json`` (versioned schema) and the terminal table;
 - :mod:`coviax.export.nifti` -- ``labels.nii.gz`` in the source geometry;
-- :mod:`coviax.export.dicom_seg` -- a DICOM SEG (highdicom) referencing the source series;
+- :mod:`coviax.export.dicom.seg` -- a DICOM SEG (highdicom) referencing the source series;
 - :mod:`coviax.export.montage` -- a PNG montage of the most affected slices.
 """

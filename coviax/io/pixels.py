@@ -50,7 +50,7 @@ def slice_to_hu(ds: pydicom.Dataset, where: str | os.PathLike) -> np.ndarray:
 
 #: pydicom decoding plugins in the order we use them. pydicom itself prefers GDCM whenever python-gdcm is
 #: installed; GDCM comes last here because its encoder has aborted our whole process (see
-#: coviax/export/secondary_capture.py) and an abort in a decoder would take the service down with it.
+#: coviax/export/dicom/sc.py) and an abort in a decoder would take the service down with it.
 DECODER_PREFERENCE = ("pylibjpeg", "pyjpegls", "pydicom", "pillow", "gdcm")
 
 

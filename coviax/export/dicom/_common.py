@@ -1,6 +1,6 @@
-"""What the three DICOM writers (SEG, SR, Secondary Capture) share: the device identity, the guard that
-keeps highdicom's warnings about the source's PatientName out of the logs, and the repair of the study
-references the source passes on."""
+"""What the three DICOM writers (SEG, SR, Secondary Capture) share: the device identity and the arguments
+of a new instance, the guard that keeps highdicom's warnings about the source's PatientName out of the
+logs, and the repair of the study references the source passes on."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ MODEL_NAME = "COViaX (research use only)"
 SOFTWARE_VERSION = coviax.__version__
 #: Device Observer UID: the same for every COViaX installation and run (it identifies the software).
 DEVICE_UID = generate_uid(entropy_srcs=["COViaX device observer"])
+
+
+def new_instance(series_number: int) -> dict:
+    """The arguments every COViaX object's highdicom constructor takes alike: a new series, its number,
+    a new instance (number 1) and the manufacturer."""
+    import highdicom as hd
+
+    return {"series_instance_uid": hd.UID(), "series_number": series_number, "sop_instance_uid": hd.UID(),
+            "instance_number": 1, "manufacturer": MANUFACTURER}
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ in :func:`build_sr` where the whole-lung group is made.
 
 Patient and study attributes come from the SEG (and so from the source CT):
 the SR joins the same study. highdicom's warning that quotes the PatientName is
-suppressed (:func:`coviax.export.dicom_common.no_person_name_warnings`).
+suppressed (:func:`coviax.export.dicom._common.no_person_name_warnings`).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from coviax.export.dicom_common import (DEVICE_UID, MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION,
-                                       conform_study_attributes, no_person_name_warnings)
-from coviax.export.dicom_seg import SEGMENTS
+from coviax.export.dicom._common import (DEVICE_UID, MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION,
+                                         conform_study_attributes, new_instance, no_person_name_warnings)
+from coviax.export.dicom.seg import SEGMENTS
 from coviax.labels import Label
 
 SERIES_NUMBER = 9902
@@ -130,11 +130,7 @@ def build_sr(report: dict, seg, series_uid: str | None = None) -> hd.sr.Comprehe
         sr = hd.sr.Comprehensive3DSR(
             evidence=[seg],
             content=content,
-            series_instance_uid=hd.UID(),
-            series_number=SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
+            **new_instance(SERIES_NUMBER),
             is_complete=True,
             is_final=False,  # research output, not the definitive report
             is_verified=False,

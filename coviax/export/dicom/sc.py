@@ -19,8 +19,8 @@ import numpy as np
 from pydicom.uid import RLELossless
 
 import coviax
-from coviax.export.dicom_common import (MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION, conform_study_attributes,
-                                       no_person_name_warnings)
+from coviax.export.dicom._common import (MODEL_NAME, SOFTWARE_VERSION, conform_study_attributes, new_instance,
+                                         no_person_name_warnings)
 
 SERIES_NUMBER = 9903
 
@@ -45,11 +45,7 @@ def write_secondary_capture(page_rgb: np.ndarray, volume, path: str | Path) -> P
             # orientation, so the (type 2C) PatientOrientation is emptied below.
             coordinate_system="PATIENT",
             patient_orientation=("L", "F"),
-            series_instance_uid=hd.UID(),
-            series_number=SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
+            **new_instance(SERIES_NUMBER),
         )
     sc.compress(RLELossless, encoding_plugin="pylibjpeg")  # not GDCM: see the module docstring
     sc.PatientOrientation = None

@@ -20,8 +20,8 @@ import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from coviax.export.dicom_common import (MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION, conform_study_attributes,
-                                       no_person_name_warnings)
+from coviax.export.dicom._common import (MODEL_NAME, SOFTWARE_VERSION, conform_study_attributes, new_instance,
+                                         no_person_name_warnings)
 from coviax.labels import Label
 
 _ANATOMY = Code("91723000", "SCT", "Anatomical Structure")
@@ -101,11 +101,7 @@ def _segmentation(volume, label_map: np.ndarray, descriptions: list, description
         pixel_array=label_map,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=9901,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **new_instance(9901),
         manufacturer_model_name=MODEL_NAME,
         software_versions=SOFTWARE_VERSION,
         device_serial_number="0",
