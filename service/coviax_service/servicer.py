@@ -13,6 +13,7 @@ import asyncio
 import functools
 import json
 import logging
+import weakref
 
 import grpc
 
@@ -154,12 +155,18 @@ class CoviaxServicer:
         finished = False
         loop = asyncio.get_running_loop()
 
+        job_ref = weakref.ref(job)
+
         def on_rpc_done(_context) -> None:
             # The handler task is not always cancelled when the client goes away (cancel, deadline,
             # broken connection): the end of the RPC is the signal that frees the job's resources.
-            if not finished:
+            # The job is held weakly: grpc keeps this callback after some RPCs that met their deadline
+            # as they finished, and a strong reference kept each such job (its report, its worker
+            # future) for the server's life, which the soak saw as memory growing.
+            live = job_ref()
+            if not finished and live is not None:
                 loop.call_soon_threadsafe(self.jobs.spawn, self.jobs.on_stream_gone(
-                    job, "the client cancelled the stream or its deadline passed"))
+                    live, "the client cancelled the stream or its deadline passed"))
 
         context.add_done_callback(on_rpc_done)  # before the first yield: a cancel may come right after it
         yield pb.SegmentEvent(accepted=pb.Accepted(job_id=job.job_id, batch_id=job.batch_id))

@@ -16,6 +16,7 @@ event loop never waits on an fsync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import functools
 import json
@@ -157,19 +158,22 @@ class Store:
 
     # ------------------------------------------------- sync operations (db thread)
 
+    @contextlib.contextmanager
     def _tx(self):
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on an error).
+
+        A generator, not a class defined per call: a class made in every transaction is a reference
+        cycle the soak saw as server memory growing by the job.
+        """
         conn = self._conn
         assert conn is not None
-
-        class _Tx:
-            def __enter__(self_inner):
-                conn.execute("BEGIN IMMEDIATE")
-                return conn
-
-            def __exit__(self_inner, exc_type, exc, tb):
-                conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-        return _Tx()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def create_job(self, row: dict) -> dict:
         """Insert a job; an idempotency key held by a job that can be replaced is released first.
