@@ -4,6 +4,7 @@ no function over about 60). Generated stubs (``*_pb2*.py``) and tests are not co
     python scripts/check_size.py                 # offenders only (exit 1 if any is not an exception)
     python scripts/check_size.py --modules 300   # every module of 300 lines and more
     python scripts/check_size.py --functions 40  # every function of 40 lines and more
+    python scripts/check_size.py --root DIR ...   # another checkout (e.g. a git worktree of an old commit)
 
 A module's size is its physical line count; a function's is from its ``def`` (decorators not
 counted) to its last line, docstring and comments included. A nested function counts on its own and
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modules", type=int, metavar="N", help="list modules of N lines and more")
     parser.add_argument("--functions", type=int, metavar="N", help="list functions of N lines and more")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to measure (default: this one)")
     args = parser.parse_args(argv)
-    modules, functions = sizes()
+    modules, functions = sizes(args.root)
     if args.modules is not None or args.functions is not None:
         for m in modules if args.modules is not None else []:
             if m.lines >= args.modules:
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{f.lines:5d}  {f.name}")
         return 0
     bad = 0
-    for s in offenders():
+    for s in offenders(args.root):
         why = EXCEPTIONS.get(s.name)
         print(f"{s.lines:5d}  {s.name}" + (f"  (exception: {why})" if why else ""))
         bad += why is None
