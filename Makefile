@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data test run bench eval proto clean lint train-exact train-lungs corpus crashtest soak fuzz
+.PHONY: setup data test run bench eval proto clean lint train-exact train-lungs corpus crashtest soak fuzz cohort-demo cohort-bench
 
 # The CPU build of torch is pinned first: a bare `torch` requirement would pull a
 # multi-GB CUDA build. On a GPU machine see README "GPU install".
@@ -70,6 +70,28 @@ proto: $(STAMP)
 # in the same run; writes bench/RESULTS.md. GPU mode: bash bench/gpu/run.sh on a CUDA host.
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
+
+# A trial's cohort end to end (docs/COHORTS.md): phantoms of the bundled CT and the whole-chest patients of
+# `make data` (when fetched), two timepoints, sites A (no added noise) and B (30 HU), reduced to <= 128
+# pixels in-plane; run on a local Ray with COHORT_WORKERS (or on COHORT_ADDRESS), the report, and the
+# measured change against the phantoms' truth. COHORT_SCANS=40 for the issue's full cohort.
+COHORT_SCANS ?= 12
+COHORT_WORKERS ?= 2
+COHORT_DIR ?= cohort-demo
+cohort-demo: $(STAMP)
+	$(BIN)/python -m coviax_cohort.demo make --out $(COHORT_DIR)/data --scans $(COHORT_SCANS)
+	$(BIN)/coviax cohort run $(COHORT_DIR)/data/manifest.csv --out $(COHORT_DIR)/run --workers $(COHORT_WORKERS) \
+		$(if $(COHORT_ADDRESS),--address $(COHORT_ADDRESS)) || true  # a failed scan does not stop the demo: the report lists it first
+	$(BIN)/coviax cohort report $(COHORT_DIR)/run
+	$(BIN)/python -m coviax_cohort.demo score $(COHORT_DIR)/data $(COHORT_DIR)/run
+	$(BIN)/python -m coviax_cohort.demo speed $(COHORT_DIR)/run
+
+# scans/s of the demo cohort with 1 and with 2 workers (fresh runs, report outputs only).
+cohort-bench: $(STAMP)
+	$(BIN)/python -m coviax_cohort.demo make --out $(COHORT_DIR)/data --scans $(COHORT_SCANS)
+	for w in 1 2; do rm -rf $(COHORT_DIR)/bench-$$w; \
+		$(BIN)/coviax cohort run $(COHORT_DIR)/data/manifest.csv --out $(COHORT_DIR)/bench-$$w --workers $$w --outputs report; done
+	$(BIN)/python -m coviax_cohort.demo speed $(COHORT_DIR)/bench-1 $(COHORT_DIR)/bench-2
 
 # Accuracy: real patients (make data) scored per patient, held-out patients' phantoms, and the
 # 12 hybrid phantoms of the bundled CT (evaluation seeds 1000-1011, cached in eval/cache); writes

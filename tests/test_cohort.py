@@ -213,3 +213,35 @@ def test_a_changed_scan_path_runs_again(tmp_path):
     todo, stats = plan([row], settings)
     assert stats.given_up == 1 and not todo  # not done for this path, and out of attempts
     assert plan([row], RunSettings(out_dir=tmp_path, max_attempts=2))[0] == [row]
+
+
+def test_demo_cohort_and_its_scoring(tmp_path, capsys):
+    import csv
+
+    from coviax_cohort.demo import make_demo, score
+    from coviax_cohort.table import COLUMNS, add_deltas, write_table
+
+    manifest = make_demo(tmp_path / "data", scans=2)
+    rows = read_manifest(manifest)
+    assert [(r.subject, r.timepoint, r.site) for r in rows] == [("D001", "0", "A"), ("D001", "1", "A")]
+    assert set(rows[0].readers) == {"reader_sim"}
+    with open(tmp_path / "data" / "truth.csv", newline="") as f:
+        truth = list(csv.DictReader(f))
+    assert [t["severity"] for t in truth] == ["mild", "moderate"] and truth[0]["source"] == "bundled-ct"
+    assert float(truth[1]["ggo_ml"]) > float(truth[0]["ggo_ml"]) > 0
+    make_demo(tmp_path / "data", scans=2)
+    assert "already holds this cohort" in capsys.readouterr().out
+
+    # a run that measured exactly the truth scores 0 % error
+    table = []
+    for r, t in zip(rows, truth):
+        record = {c: None for c in COLUMNS}
+        record.update(id=r.id, subject=r.subject, timepoint=r.timepoint, status="done",
+                      **{k: float(t[k]) for k in ("vr_all_pct", "ggo_ml", "consolidation_ml")})
+        table.append(record)
+    add_deltas(table, timepoint_order(rows))
+    (tmp_path / "run").mkdir()
+    write_table(table, tmp_path / "run")
+    [pair] = score(tmp_path / "data", tmp_path / "run")["pairs"]
+    assert pair["severities"] == "mild->moderate"
+    assert {pair[k]["error_pct"] for k in ("d_vr_all_pp", "d_ggo_ml", "d_consolidation_ml")} == {0.0}
