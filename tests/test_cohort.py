@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from coviax.io import Volume
@@ -189,6 +189,13 @@ def test_run_resume_retry_limit_table_and_report(cohort, tmp_path, capsys):
     assert "4 done before, 1 out of attempts, 0 to run" in capsys.readouterr().out
     assert {r["id"]: r for r in read_table(out)}["S3-0"]["attempts"] == 2
 
+    # nothing of the source headers' patient identity in the table, the rows, the states or the log
+    source = pydicom.dcmread(next((cohort / "scan0").glob("*.dcm")), stop_before_pixels=True)
+    identity = {str(source.get(k, "")) for k in ("PatientName", "PatientID")} - {""}
+    written_text = (out / "cohort.csv").read_text() + "".join(
+        p.read_text() for p in (out / "scans").glob("*/*.json")) + capsys.readouterr().err
+    assert identity and not [v for v in identity if v in written_text]
+
     from coviax_cohort.report import write_report
 
     written = write_report(out)
@@ -245,3 +252,17 @@ def test_demo_cohort_and_its_scoring(tmp_path, capsys):
     [pair] = score(tmp_path / "data", tmp_path / "run")["pairs"]
     assert pair["severities"] == "mild->moderate"
     assert {pair[k]["error_pct"] for k in ("d_vr_all_pp", "d_ggo_ml", "d_consolidation_ml")} == {0.0}
+
+
+def test_an_unexpected_error_keeps_its_message_out(monkeypatch, tmp_path):
+    import coviax.pipeline
+    from coviax_cohort.task import analyse_scan
+
+    def boom(*_a, **_k):
+        raise ValueError("bad value in PatientName DOE^JANE")
+
+    monkeypatch.setattr(coviax.pipeline, "run", boom)
+    row = analyse_scan({"id": "x", "scan": str(tmp_path), "scan_dir": str(tmp_path / "x"),
+                        "options": {"engine": "kmeans"}})
+    assert row["status"] == "failed" and row["error"].startswith("ValueError at test_cohort.py:")
+    assert "DOE" not in row["error"]

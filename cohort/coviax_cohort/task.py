@@ -3,8 +3,8 @@
 :func:`analyse_scan` is a plain function (the runner wraps it in ``ray.remote``), so a test can call
 it without Ray. It writes the pipeline's outputs below ``work/`` of the scan's folder and moves them
 to ``outputs/`` once complete; it returns the scan's row and never raises for a bad scan: an error
-becomes ``status: failed`` with the error's message (messages of the core name files, tags and
-geometry only, never a patient's name or ID).
+becomes ``status: failed`` with the error's message when it is the core's (``CoviaxError``: messages
+name files, tags and geometry only, never a patient's name or ID), else with its type and place only.
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ def analyse_scan(spec: dict) -> dict:
         row["error"] = ""
     except CoviaxError as exc:
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:800])
-    except Exception as exc:  # a bug or an exhausted machine: keep the last frame's place, not the data
+    except Exception as exc:  # a bug or an exhausted machine
+        # Only the type and the place: a library's message may quote a header value (a patient's name),
+        # and the core's own messages (CoviaxError, above) are the ones written never to.
         where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         at = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
-        row.update(status="failed", error=f"{type(exc).__name__}{at}: {exc}"[:800])
+        row.update(status="failed", error=f"{type(exc).__name__}{at} (message withheld: it may quote header values)")
     row["seconds"] = round(time.perf_counter() - started, 3)
     return row
 
