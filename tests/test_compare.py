@@ -81,3 +81,16 @@ def test_compare_end_to_end_on_a_phantom_pair(pair, tmp_path):
     assert d["d_ggo_ml"] == pytest.approx(true_ggo, rel=0.15)
     assert 0.5 * true_vr < d["d_vr_all_pp"] < 1.15 * true_vr
     assert change["volumes_ml"]["new"] > change["volumes_ml"]["resolved"] > 0
+
+
+def test_affine_registration_finds_the_same_shift(pair):
+    _, base, follow = pair
+    tx, info = register(follow.volume, base.volume, "affine")
+    params = np.asarray(tx.GetParameters())  # 9 matrix entries, then the translation (mm, x y z)
+    spacing = follow.volume.spacing_zyx
+    assert info["transform"] == "affine"
+    assert np.abs(params[:9] - np.eye(3).ravel()).max() < 0.03
+    assert params[9] == pytest.approx(-SHIFT[2] * spacing[2], abs=1.0)
+    assert params[10] == pytest.approx(-SHIFT[1] * spacing[1], abs=1.0)
+    with pytest.raises(ValueError, match="unknown transform"):
+        register(follow.volume, base.volume, "bspline")
