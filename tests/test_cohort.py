@@ -266,3 +266,18 @@ def test_an_unexpected_error_keeps_its_message_out(monkeypatch, tmp_path):
                         "options": {"engine": "kmeans"}})
     assert row["status"] == "failed" and row["error"].startswith("ValueError at test_cohort.py:")
     assert "DOE" not in row["error"]
+
+
+def test_cli_errors_name_the_problem(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from coviax.cli import main
+
+    bad = _write(tmp_path / "bad.csv", "scan,timepoint\nx,0\n")
+    assert main(["cohort", "run", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "missing column(s) subject" in capsys.readouterr().err
+    (tmp_path / "scan").mkdir()
+    good = _write(tmp_path / "good.csv", "scan,subject,timepoint\nscan,S,0\n")
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
+    assert main(["cohort", "run", str(good), "--out", str(tmp_path / "o")]) == 2
+    assert "needs Ray: pip install 'coviax[cohort]'" in capsys.readouterr().err

@@ -61,14 +61,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"{len(todo)} to run with {args.workers} worker(s)")
     started_here = False
     if todo:
-        import ray
-
         started_here = start_ray(args.address, args.workers)
         try:
             with ProgressLine(len(todo)) as progress:
                 run_scans(todo, settings, stats, progress)
         finally:
             if started_here:
+                import ray
+
                 ray.shutdown()
     table = collect(rows, out)
     written = write_table(table, out)

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coviax.errors import CoviaxError
 from coviax_cohort.manifest import ScanRow
 from coviax_cohort.state import ScanState
 from coviax_cohort.task import analyse_scan
@@ -79,7 +80,10 @@ def plan(rows: list[ScanRow], settings: RunSettings) -> tuple[list[ScanRow], Run
 
 def start_ray(address: str | None, workers: int) -> bool:
     """Join ``address`` or start a local Ray with ``workers`` CPUs; True when started here."""
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise CoviaxError("coviax cohort run needs Ray: pip install 'coviax[cohort]'") from None
 
     if ray.is_initialized():
         return False
