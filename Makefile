@@ -72,7 +72,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
 
 # A trial's cohort end to end (docs/COHORTS.md): phantoms of the bundled CT and the whole-chest patients of
-# `make data` (when fetched), two timepoints, sites A (no added noise) and B (30 HU), reduced to <= 128
+# `make data` (when fetched), two timepoints, sites A (no added noise) and B (50 HU), reduced to <= 128
 # pixels in-plane; run on a local Ray with COHORT_WORKERS (or on COHORT_ADDRESS), the report, and the
 # measured change against the phantoms' truth. COHORT_SCANS=40 for the issue's full cohort.
 COHORT_SCANS ?= 12

@@ -111,8 +111,8 @@ def _html(rows, summary, plot_png, stats) -> str:
         "<h2>VRall per site and timepoint</h2>",
         f"<img alt='VRall per site and timepoint' src='data:image/png;base64,{base64.b64encode(plot_png).decode()}'>",
         "<h2>Scans, QC-flagged first</h2><p>QC flags and their thresholds: docs/COHORTS.md "
-        "(thick_slices &gt; 3 mm, uneven_spacing, missing_slices, lung_volume outside 2-9 L, truncated_lungs, "
-        "noise &gt; 35 HU in air, lung_fallback).</p>",
+        "(thick_slices &gt; 3 mm, uneven_spacing, missing_slices, lung_volume outside 2-9 L, truncated_lungs (edge slice &gt;= 5 % of the largest), "
+        "noise &gt; 30 HU in air, lung_fallback).</p>",
         f"<table><tr>{head}</tr>{body}</table>",
     ]
     if stats:

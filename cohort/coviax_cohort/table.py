@@ -23,11 +23,11 @@ COLUMNS = [
     "id", "subject", "timepoint", "site", "scan", "status", "attempts", "error",
     "vr_all_pct", "vr_ggo_pct", "vr_cs_pct", "ggo_ml", "consolidation_ml", "lesion_ml", "lung_ml",
     "lung_method", "engine", "slices", "spacing_mm", "qc_flags", "qc_slice_thickness_mm", "qc_spacing_ratio",
-    "qc_contrast", "qc_air_noise_hu", "qc_truncated_voxels", "baseline_timepoint", "d_vr_all_pp", "d_ggo_ml",
+    "qc_contrast", "qc_air_noise_hu", "qc_edge_lung_pct", "baseline_timepoint", "d_vr_all_pp", "d_ggo_ml",
     "d_consolidation_ml", "seconds", "node",
 ]
 NUMERIC = {"attempts", "vr_all_pct", "vr_ggo_pct", "vr_cs_pct", "ggo_ml", "consolidation_ml", "lesion_ml", "lung_ml",
-           "slices", "qc_slice_thickness_mm", "qc_spacing_ratio", "qc_air_noise_hu", "qc_truncated_voxels",
+           "slices", "qc_slice_thickness_mm", "qc_spacing_ratio", "qc_air_noise_hu", "qc_edge_lung_pct",
            "d_vr_all_pp", "d_ggo_ml", "d_consolidation_ml", "seconds"}
 
 

@@ -87,7 +87,7 @@ def _row_of(report: dict, checks: list, flags: list[str]) -> dict:
         "qc_spacing_ratio": by_name["uneven_spacing"].value,
         "qc_contrast": by_name["contrast"].value,
         "qc_air_noise_hu": by_name["noise"].value,
-        "qc_truncated_voxels": by_name["truncated_lungs"].value,
+        "qc_edge_lung_pct": by_name["truncated_lungs"].value,
         "qc": [c.to_dict() for c in checks],
         "pipeline_s": float(report["timings_s"].get("total", 0.0)),
     }
