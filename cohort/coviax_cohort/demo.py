@@ -9,7 +9,8 @@ each, as DICOM series plus ``manifest.csv`` and ``truth.csv``:
   true lung, so they are left out. Subject ``i`` uses source ``i mod sources``;
 - reduced size for a 2-core machine: in-plane averaged down to at most 128 pixels, and slices
   resampled to 5 mm when thinner (``--full-size`` keeps the sources' grids);
-- severities: baseline and follow-up differ (worse or better), seed 500 + subject;
+- severities: baseline and follow-up differ (worse or better; each site and each source gets all four
+  pairs in turn), seed 500 + subject;
 - two sites: site A adds no noise, site B correlated noise of 50 HU (``coviax.qc`` reads about
   36 HU on the reduced scans and flags it);
 - ``reader_sim``: a SIMULATED reader, the true VRall plus N(0, 2 pp) error (seeded), so that the
@@ -32,6 +33,7 @@ import numpy as np
 SEVERITY_PAIRS = (("mild", "moderate"), ("moderate", "severe"), ("severe", "moderate"), ("moderate", "mild"))
 SITE_NOISE_HU = {"A": 0.0, "B": 50.0}
 MAX_PIXELS = 128
+DEMO_VERSION = 2  # bumped when the same arguments make a different cohort
 DEMO_SLICE_MM = 5.0
 
 
@@ -57,12 +59,11 @@ def make_demo(out: Path, scans: int, full_size: bool = False) -> Path:
     from coviax_research.phantom import make_phantom
     from coviax_research.phantom_write import write_dicom_series
 
-    existing = out / "truth.csv"
-    if existing.is_file() and (out / "manifest.csv").is_file():
-        with open(existing, newline="") as f:
-            if sum(1 for _ in csv.DictReader(f)) == 2 * max(1, scans // 2):
-                print(f"demo: {out} already holds this cohort (delete it to make it again)")
-                return out / "manifest.csv"
+    made = {"demo_version": DEMO_VERSION, "scans": 2 * max(1, scans // 2), "full_size": full_size}
+    stamp = out / "demo.json"
+    if stamp.is_file() and (out / "manifest.csv").is_file() and json.loads(stamp.read_text()) == made:
+        print(f"demo: {out} already holds this cohort (delete it to make it again)")
+        return out / "manifest.csv"
     out.mkdir(parents=True, exist_ok=True)
     srcs = sources(full_size)
     manifest, truth = [], []
@@ -72,7 +73,8 @@ def make_demo(out: Path, scans: int, full_size: bool = False) -> Path:
         site = "AB"[(i // len(srcs)) % 2]
         subject = f"D{i + 1:03d}"
         thickness = None if full_size or source.spacing_zyx[0] >= DEMO_SLICE_MM else DEMO_SLICE_MM
-        for t, severity in enumerate(SEVERITY_PAIRS[i % len(SEVERITY_PAIRS)]):
+        # every site and every source gets each of the four pairs (worse and better) in turn
+        for t, severity in enumerate(SEVERITY_PAIRS[(i + i // 2) % len(SEVERITY_PAIRS)]):
             ph = make_phantom(source, 500 + i, severity, noise_sigma_hu=SITE_NOISE_HU[site],
                               slice_thickness_mm=thickness)
             folder = out / f"{subject}_t{t}"
@@ -87,6 +89,7 @@ def make_demo(out: Path, scans: int, full_size: bool = False) -> Path:
             print(f"demo: {folder.name} ({name}, {severity}, site {site}) {ph.volume.shape}", flush=True)
     _write_csv(out / "manifest.csv", manifest)
     _write_csv(out / "truth.csv", truth)
+    stamp.write_text(json.dumps(made) + "\n")
     return out / "manifest.csv"
 
 
