@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data test run bench eval proto clean lint train-exact train-lungs corpus crashtest soak fuzz cohort-demo cohort-bench
+.PHONY: setup data test run bench eval proto clean lint train-exact train-lungs corpus crashtest soak fuzz cohort-demo cohort-bench cohort-loopback
 
 # The CPU build of torch is pinned first: a bare `torch` requirement would pull a
 # multi-GB CUDA build. On a GPU machine see README "GPU install".
@@ -85,6 +85,14 @@ cohort-demo: $(STAMP)
 	$(BIN)/coviax cohort report $(COHORT_DIR)/run
 	$(BIN)/python -m coviax_cohort.demo score $(COHORT_DIR)/data $(COHORT_DIR)/run
 	$(BIN)/python -m coviax_cohort.demo speed $(COHORT_DIR)/run
+
+# The demo cohort on a 3-node Ray cluster on 127.0.0.1 (head + 2 worker nodes, 1 CPU each); a worker
+# node analysing a scan is killed after 4 scans; every scan must still end done.
+cohort-loopback: $(STAMP)
+	$(BIN)/python -m coviax_cohort.demo make --out $(COHORT_DIR)/data --scans $(COHORT_SCANS)
+	rm -rf $(COHORT_DIR)/loopback
+	$(BIN)/python scripts/cohort_loopback.py $(COHORT_DIR)/data/manifest.csv $(COHORT_DIR)/loopback
+	$(BIN)/python -m coviax_cohort.demo speed $(COHORT_DIR)/loopback
 
 # scans/s of the demo cohort with 1 and with 2 workers (fresh runs, report outputs only).
 cohort-bench: $(STAMP)
