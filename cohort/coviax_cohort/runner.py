@@ -93,7 +93,10 @@ def start_ray(address: str | None, workers: int) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         return False
-    ray.init(num_cpus=workers, object_store_memory=OBJECT_STORE_BYTES, **quiet)
+    # address="local": always a new Ray of our own. Without it ray.init() joins the cluster named in
+    # /tmp/ray/ray_current_cluster (the last `ray start` or test cluster on the machine, anyone's) and
+    # then refuses num_cpus -- seen when a loopback cluster ran beside the test suite.
+    ray.init(address="local", num_cpus=workers, object_store_memory=OBJECT_STORE_BYTES, **quiet)
     return True
 
 
