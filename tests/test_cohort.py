@@ -122,15 +122,14 @@ def test_qc_on_a_real_dicom_series(tmp_path):
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    """Four small real series (two subjects, two timepoints) and one unreadable scan."""
+    """Four small real series (two subjects, two timepoints) and one with a missing slice."""
     base = tmp_path_factory.mktemp("cohort")
     lines = ["scan,subject,timepoint,site,reader_a"]
     for i, (subject, t) in enumerate([("S1", 0), ("S1", 1), ("S2", 0), ("S2", 1)]):
         make_small_series(base / f"scan{i}", n=12, z0=24 + 3 * i)
         lines.append(f"scan{i},{subject},{t},{'A' if i < 2 else 'B'},{0.2 * i}")
-    broken = base / "broken"
-    broken.mkdir()
-    (broken / "note.txt").write_text("not a scan")
+    broken = make_small_series(base / "broken", n=12, z0=30)
+    sorted(broken.glob("*.dcm"))[6].unlink()  # a slice missing in the middle: the reader refuses the series
     lines.append("broken,S3,0,B,1.0")
     (base / "manifest.csv").write_text("\n".join(lines) + "\n")
     return base
@@ -151,7 +150,8 @@ def test_run_resume_retry_limit_table_and_report(cohort, tmp_path, capsys):
     rows = {r["id"]: r for r in read_table(out)}
     assert [rows[f"S{s}-{t}"]["status"] for s in (1, 2) for t in (0, 1)] == ["done"] * 4
     bad = rows["S3-0"]
-    assert bad["status"] == "failed" and bad["attempts"] == 1 and "ScanError" in bad["error"]
+    assert bad["status"] == "failed" and bad["attempts"] == 1 and "GeometryError: missing slice" in bad["error"]
+    assert bad["qc_flags"] == "missing_slices"
     for s in ("S1", "S2"):  # the change between timepoints
         assert rows[f"{s}-1"]["baseline_timepoint"] == "0"
         assert rows[f"{s}-1"]["d_vr_all_pp"] == pytest.approx(rows[f"{s}-1"]["vr_all_pct"] - rows[f"{s}-0"]["vr_all_pct"],
@@ -182,7 +182,7 @@ def test_run_resume_retry_limit_table_and_report(cohort, tmp_path, capsys):
     assert rows["S2-1"]["status"] == "done" and rows["S2-1"]["attempts"] == 2
     assert rows["S3-0"]["attempts"] == 2 and (out / "scans" / "S1-0" / "DONE").read_text() == first_done
     state = json.loads((out / "scans" / "S3-0" / "state.json").read_text())
-    assert [h["attempt"] for h in state["history"]] == [1, 2] and "ScanError" in state["last_error"]
+    assert [h["attempt"] for h in state["history"]] == [1, 2] and "missing slice" in state["last_error"]
 
     # a third run: the failed scan is out of attempts and runs no more; raising the limit retries it
     assert _run(cohort, out, "--max-attempts", "2") == 1
