@@ -14,10 +14,10 @@ import asyncio
 import logging
 import shutil
 import time
-
-from coviax_service import worker
 from concurrent.futures.process import BrokenProcessPool
 
+from coviax_service import worker
+from coviax_service.allocator import release_free_memory
 from coviax_service.errors import PROCESS_EXITS, JobCancelled, WorkerDied, classify
 from coviax_service.jobs.model import JobPart, JobState, Lifecycle, LiveJob
 
@@ -109,6 +109,7 @@ class Runner(JobPart):
         job.emit(("done", job.job_id, report, artifacts))
         self.live.pop(job.job_id, None)
         self.scheduler.release(job)
+        release_free_memory()  # the job's buffers, back to the system (coviax_service.allocator)
         await asyncio.to_thread(shutil.rmtree, self.store.job_dir(job.job_id) / "input", True)
         if self.on_done is not None:
             self.on_done()
@@ -144,6 +145,7 @@ class Runner(JobPart):
             job.upload.open_file = None
         self.live.pop(job.job_id, None)
         self.scheduler.release(job)
+        release_free_memory()  # the job's buffers, back to the system (coviax_service.allocator)
         self.metrics.results.labels(code=code).inc()
         log.info("job %s %s (%s)", job.job_id, state.lower(), code)
         if self.lifecycle.closing:
