@@ -187,3 +187,35 @@ def test_lung_network_drops_soft_tissue_islands_but_keeps_consolidation_attached
     kept = drop_unaerated_islands(mask, hu)
     assert kept[0, 5:20, 5:20].all()  # the consolidated third stays with its aerated lung
     assert not kept[0, 25:35, 25:35].any()
+
+
+def test_thin_slice_scans_find_topology_on_a_coarse_grid_and_the_outline_at_full_resolution(
+        sample_volume, sample_lungs, monkeypatch):
+    """Scans above COARSE_ABOVE_VOXELS (thin slices) run body, air components, airways and the
+    right/left cut on every second pixel; the outline comes back on the full grid. Forced here on the
+    bundled CT, the lungs must stay those of the full-resolution method."""
+    from coviax.lungs import grid
+
+    monkeypatch.setattr(grid, "COARSE_ABOVE_VOXELS", 1_000_000)
+    assert grid.coarse_step(sample_volume.spacing_zyx, sample_volume.shape) == (1, 2, 2)
+    coarse = segment_lungs(sample_volume, "classical").labels
+    full = sample_lungs.labels
+    both = (coarse > 0) & (full > 0)
+    dice = 2 * both.sum() / ((coarse > 0).sum() + (full > 0).sum())
+    assert dice > 0.97, dice
+    assert abs(int((coarse > 0).sum()) / int((full > 0).sum()) - 1) < 0.04
+    # Right stays right and left stays left nearly everywhere.
+    assert (coarse[both] == full[both]).mean() > 0.98
+    for lung in (RIGHT_LUNG, LEFT_LUNG):
+        assert (coarse == lung).sum() > 0.3 * (full == lung).sum()
+
+
+def test_coarse_grid_round_trip():
+    from coviax.lungs.grid import to_coarse, to_fine
+
+    array = np.arange(5 * 7 * 9).reshape(5, 7, 9)
+    step = (2, 3, 2)
+    fine = to_fine(to_coarse(array, step), step, array.shape)
+    assert fine.shape == array.shape
+    assert fine[4, 6, 8] == array[4, 6, 8]  # a sampled voxel keeps its value
+    assert fine[1, 2, 1] == array[0, 0, 0]  # the others take the value of their block's sample

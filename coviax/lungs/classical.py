@@ -21,13 +21,18 @@ sliver of mediastinal fat at the hila.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import cc3d
+import edt
+import fastremap
 import fill_voids
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
 from coviax.labels import LEFT_LUNG, RIGHT_LUNG
+from coviax.lungs.grid import coarse_step, to_coarse, to_fine
 
 BODY_HU = -500
 AIR_HU = -400
@@ -51,13 +56,18 @@ def segment_lungs_classical(volume, close_pleura: bool = True):
 
     hu = volume.hu
     notes: list[str] = []
-    body = body_mask(hu)
-    air = (hu < AIR_HU) & body
-    lungs = _largest_air_components(air, volume.voxel_volume_ml)
+    step = coarse_step(volume.spacing_zyx, hu.shape)
+    coarse_hu = to_coarse(hu, step)
+    body = body_mask(coarse_hu)
+    lungs = _largest_air_components((coarse_hu < AIR_HU) & body, volume.voxel_volume_ml * float(np.prod(step)))
     if not lungs.any():
         return LungMask(labels=np.zeros(hu.shape, np.uint8), method="classical", notes=["no lungs found"])
-    airways = trace_airways(hu, lungs, volume)
+    coarse_grid = SimpleNamespace(spacing_zyx=tuple(float(s) * k for s, k in zip(volume.spacing_zyx, step)),
+                                  superior_axis_sign=volume.superior_axis_sign)
+    airways = trace_airways(coarse_hu, lungs, coarse_grid)
     lungs &= ~airways
+    if step != (1, 1, 1):
+        lungs, body = _outline_at_full_resolution(hu, lungs, airways, body, step)
     labels, split_note = split_left_right(lungs, volume)
     if split_note:
         notes.append(split_note)
@@ -65,6 +75,15 @@ def segment_lungs_classical(volume, close_pleura: bool = True):
         labels = fill_pleural_lesions(labels, hu, body, volume)
         return LungMask(labels=labels, method="classical", notes=notes)
     return LungMask(labels=fill_lung_holes(labels), method="classical-unclosed", notes=notes)
+
+
+def _outline_at_full_resolution(hu, lungs, airways, body, step):
+    """The coarse lungs' outline found again on the scan's own grid: every voxel below AIR_HU within
+    one coarse voxel of the coarse lungs and not in the traced airways. Returns the lungs and the body."""
+    near = to_fine(ndimage.binary_dilation(lungs), step, hu.shape)
+    near &= ~to_fine(airways, step, hu.shape)
+    near &= hu < AIR_HU
+    return near, to_fine(body, step, hu.shape)
 
 
 def body_mask(hu: np.ndarray) -> np.ndarray:
@@ -99,11 +118,14 @@ def _largest_air_components(air: np.ndarray, voxel_ml: float) -> np.ndarray:
 
 
 def component_sizes(components: np.ndarray) -> np.ndarray:
-    """Voxels per component id (index 0 = background set to 0), without an int64 copy of the volume
-    (``np.bincount`` on a 500-slice volume would allocate 1 GiB)."""
-    counts = np.asarray(cc3d.statistics(components)["voxel_counts"], dtype=np.int64)
-    counts[0] = 0
-    return counts
+    """Voxels per component id (index 0 = background set to 0). fastremap counts in one pass without the
+    int64 copy of the volume ``np.bincount`` makes (1 GiB for 500 slices) and 5x faster than
+    ``cc3d.statistics``, which also computes boxes and centroids we do not use."""
+    ids, counts = fastremap.unique(components, return_counts=True)
+    sizes = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=np.int64)
+    sizes[ids] = counts
+    sizes[0] = 0
+    return sizes
 
 
 def trace_airways(hu: np.ndarray, lungs: np.ndarray, volume) -> np.ndarray:
@@ -144,24 +166,30 @@ def trace_airways(hu: np.ndarray, lungs: np.ndarray, volume) -> np.ndarray:
 
 
 def split_left_right(lungs: np.ndarray, volume) -> tuple[np.ndarray, str]:
-    """Label right (1) and left (2) lung; returns the labels and a note if a fallback was used."""
+    """Label right (1) and left (2) lung; returns the labels and a note if a fallback was used.
+
+    The cut is found on the coarse grid (:mod:`coviax.lungs.grid`): it is where the lungs meet at the
+    anterior and posterior junction lines, and a watershed at full resolution took 7 s of a 505-slice scan.
+    """
     labels = np.zeros(lungs.shape, np.uint8)
     # Work inside the lungs' bounding box: the watershed's arrays are int32/int64 per voxel.
     z0, z1, y0, y1, x0, x1 = _bbox(lungs, pad=1)
     box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
-    offset = np.array([z0, y0, x0], dtype=np.float64)
-    crop, note = _split_crop(lungs[box], volume, offset)
-    labels[box] = crop
+    step = coarse_step(volume.spacing_zyx, lungs.shape)
+    crop = lungs[box]
+    coarse, note = _split_crop(to_coarse(crop, step), volume, np.array([z0, y0, x0], np.float64), step)
+    labels[box] = _labels_on_full_grid(crop, coarse, step)
     return labels, note
 
 
-def _split_crop(lungs: np.ndarray, volume, offset: np.ndarray) -> tuple[np.ndarray, str]:
+def _split_crop(lungs: np.ndarray, volume, offset: np.ndarray, step) -> tuple[np.ndarray, str]:
     labels = np.zeros(lungs.shape, np.uint8)
+    scale = np.asarray(step, np.float64)
     seeds, note = _two_seeds(lungs)
     if seeds is None:
         # One lung-shaped blob that no erosion splits: cut at the body's midline.
         zz, yy, xx = np.nonzero(lungs)
-        xx_full = xx + offset[2]
+        xx_full = xx * scale[2] + offset[2]
         mid_x = float(np.median(xx_full))
         right_side = _patient_x(volume, xx_full) < _patient_x(volume, np.array([mid_x]))[0]
         labels[zz[right_side], yy[right_side], xx[right_side]] = RIGHT_LUNG
@@ -169,12 +197,36 @@ def _split_crop(lungs: np.ndarray, volume, offset: np.ndarray) -> tuple[np.ndarr
         return labels, "lungs could not be separated by erosion; split at the midline"
     grown = watershed(np.zeros(lungs.shape, np.uint8), markers=seeds, mask=lungs)
     centroids = ndimage.center_of_mass(lungs, grown, [1, 2])
-    x_patient = [volume.index_to_patient(np.asarray(c) + offset)[0] for c in centroids]
+    x_patient = [volume.index_to_patient(np.asarray(c) * scale + offset)[0] for c in centroids]
     # LPS: +x is patient left. The component with the smaller x is the right lung.
     right_id = 1 if x_patient[0] < x_patient[1] else 2
     labels[grown == right_id] = RIGHT_LUNG
     labels[(grown > 0) & (grown != right_id)] = LEFT_LUNG
     return labels, note
+
+
+def _labels_on_full_grid(lungs: np.ndarray, coarse: np.ndarray, step) -> np.ndarray:
+    """The coarse right/left labels carried onto every voxel of ``lungs`` (full grid).
+
+    Lung voxels between coarse samples take the label of a coarse neighbour (two rounds of a 3x3x3
+    maximum over unlabelled coarse voxels); the few thin parts still unlabelled then take the side
+    of the nearer lung's mean x.
+    """
+    if step == (1, 1, 1):
+        return np.where(lungs, coarse, 0).astype(np.uint8)
+    grown = coarse.copy()
+    for _ in range(2):
+        empty = grown == 0
+        grown[empty] = ndimage.maximum_filter(grown, size=3)[empty]
+    labels = np.where(lungs, to_fine(grown, step, lungs.shape), 0).astype(np.uint8)
+    orphans = lungs & (labels == 0)
+    if orphans.any():
+        xs = np.arange(lungs.shape[2])
+        mean_x = [float((np.count_nonzero(labels == code, axis=(0, 1)) * xs).sum()
+                        / max(1, np.count_nonzero(labels == code))) for code in (RIGHT_LUNG, LEFT_LUNG)]
+        orphan_x = np.nonzero(orphans)[2]
+        labels[orphans] = np.where(np.abs(orphan_x - mean_x[0]) <= np.abs(orphan_x - mean_x[1]), RIGHT_LUNG, LEFT_LUNG)
+    return labels
 
 
 def _two_seeds(lungs: np.ndarray):
@@ -252,11 +304,17 @@ def fill_pleural_lesions(labels: np.ndarray, hu: np.ndarray, body: np.ndarray, v
 
 
 def _close_slice(mask2d: np.ndarray, radius_mm: float, sampling: tuple[float, float], pad: int) -> np.ndarray:
-    padded = np.pad(mask2d, pad)
-    dilated = ndimage.distance_transform_edt(~padded, sampling=sampling) <= radius_mm
-    closed = ndimage.distance_transform_edt(dilated, sampling=sampling) > radius_mm
-    closed = ndimage.binary_fill_holes(closed)
-    return closed[pad:-pad, pad:-pad] | mask2d
+    # edt (from the cc3d authors) gives the same distances as scipy's distance_transform_edt in a third
+    # of the time; the slice is cut to this lung's extent in it first.
+    ys, xs = np.flatnonzero(mask2d.any(axis=1)), np.flatnonzero(mask2d.any(axis=0))
+    box = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+    padded = np.pad(mask2d[box], pad)
+    dilated = edt.edt(~padded, anisotropy=sampling, black_border=False) <= radius_mm
+    closed = edt.edt(dilated, anisotropy=sampling, black_border=False) > radius_mm
+    closed = fill_voids.fill(closed, in_place=True)
+    out = mask2d.copy()
+    out[box] |= closed[pad:-pad, pad:-pad]
+    return out
 
 
 def _bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int, int, int]:

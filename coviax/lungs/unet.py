@@ -26,9 +26,11 @@ import os
 from pathlib import Path
 
 import cc3d
+import fastremap
 import numpy as np
 
 from coviax.errors import WeightsNotFoundError
+from coviax.lungs.classical import component_sizes
 
 SHIPPED_LUNG_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "lungs_unet.pt"
 ENV_VAR = "COVIAX_LUNG_UNET_WEIGHTS"
@@ -112,8 +114,7 @@ def keep_lung_components(mask: np.ndarray, voxel_ml: float) -> np.ndarray:
     if not mask.any():
         return mask
     components = cc3d.connected_components(mask, connectivity=26)
-    counts = np.asarray(cc3d.statistics(components)["voxel_counts"], dtype=np.int64)
-    counts[0] = 0
+    counts = component_sizes(components)
     order = np.argsort(counts)[::-1][:2]
     keep = [int(i) for i in order if counts[i] * voxel_ml >= MIN_LUNG_ML and counts[i] >= 0.1 * counts[order[0]]]
-    return np.isin(components, keep) if keep else np.zeros_like(mask)
+    return fastremap.mask_except(components, keep) > 0 if keep else np.zeros_like(mask)
