@@ -199,7 +199,11 @@ class UNetEngine:
         return raw[flip]
 
     def segment(self, volume, lungs) -> LesionLabels:
-        raw = self.predict_volume(volume)
+        return self.labels_from_raw(self.predict_volume(volume), lungs)
+
+    def labels_from_raw(self, raw: np.ndarray, lungs) -> LesionLabels:
+        """The lesion labels from :meth:`predict_volume`'s classes and the lung mask (the one step that
+        needs the lungs, so the network can run before or beside the lung stage)."""
         return LesionLabels(combine_with_lungs(raw, lungs.cavity), self.name, self.model_id, notes=list(self.notes))
 
 
