@@ -256,15 +256,31 @@ def _patient_x(volume, x_index: np.ndarray) -> np.ndarray:
 
 
 def fill_lung_holes(labels: np.ndarray) -> np.ndarray:
-    """Each lung's holes filled, in 3D and then in every slice: vessels, airways and dense parenchyma
-    enclosed by that lung. Nothing outside a lung's outline is added. The per-slice pass matters where
-    dense lung reaches the first or last slice of the scan, which no 3D fill can close."""
+    """Each lung's holes filled in 3D: vessels, airways and dense parenchyma enclosed by that lung.
+    Nothing outside a lung's outline is added.
+
+    Where a lung reaches the first or last slice of the scan, the scan cuts it open there and no 3D
+    fill could close a dense region at that cut; a lid (that end slice with its holes filled) is put
+    on the cut first. There is no per-slice fill elsewhere: in an axial slice the dome of the
+    diaphragm (liver, spleen) and the heart's apex are cut tangentially and look like soft tissue
+    enclosed by lung, but in 3D they are open to the abdomen and mediastinum, so they stay outside."""
     out = labels.copy()
-    for lung, box, sub in _each_lung_hole_filled(labels):
-        for z in range(sub.shape[0]):
-            sub[z] = fill_voids.fill(sub[z], in_place=False)
+    n_slices = labels.shape[0]
+    for lung in (RIGHT_LUNG, LEFT_LUNG):
+        mask = labels == lung
+        if not mask.any():
+            continue
+        z0, z1, y0, y1, x0, x1 = _bbox(mask, pad=0)
+        box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+        sub = mask[box]
+        lids = (int(z0 == 0), int(z1 == n_slices))
+        if any(lids):
+            top = fill_voids.fill(sub[0], in_place=False)[None] if lids[0] else sub[:0]
+            bottom = fill_voids.fill(sub[-1], in_place=False)[None] if lids[1] else sub[:0]
+            sub = np.concatenate([top, sub, bottom])
+        filled = fill_voids.fill(sub, in_place=False)[lids[0] : len(sub) - lids[1]]
         region = out[box]
-        region[sub & (region == 0)] = lung
+        region[filled & (region == 0)] = lung
     return out
 
 
