@@ -35,7 +35,7 @@ from coviax.errors import OptionError, WeightsNotFoundError
 from coviax.labels import Label
 from coviax.lesions import LesionLabels
 from coviax.files import file_sha256
-from coviax.lesions.unet_model import load_checkpoint, normalise_hu
+from coviax.lesions.unet_model import load_checkpoint, normalise_hu, square_padding
 
 #: Where the shipped U-Net B lives inside the package.
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "unet_b.pt"
@@ -176,17 +176,22 @@ class UNetEngine:
         if self.device.type == "cuda":
             # one host-to-device copy of the whole stack, from pinned memory
             source = source.pin_memory().to(self.device, non_blocking=True)
-        resize = (height, width) != (self.input_size, self.input_size)
+        top, bottom, left, right = square_padding(height, width, self.model.config.aspect)
+        side_y, side_x = height + top + bottom, width + left + right
+        resize = (side_y, side_x) != (self.input_size, self.input_size)
         for start in range(0, n, self.batch_size):
             batch = source[start : start + self.batch_size]
             x = normalise_hu(batch)[:, None]
+            if top or bottom or left or right:  # air (0 after normalising) around a slice that is not square
+                x = F.pad(x, (left, right, top, bottom), value=0.0)
             if resize:
                 x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
             x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
                 logits = self.forward(x)
             if resize:
-                logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+                logits = F.interpolate(logits.float(), size=(side_y, side_x), mode="bilinear", align_corners=False)
+            logits = logits[:, :, top : top + height, left : left + width]
             out[start : start + len(batch)] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
             if self.progress:
                 self.progress(min(start + self.batch_size, n), n)
@@ -199,12 +204,13 @@ class UNetEngine:
         return raw[flip]
 
     def segment(self, volume, lungs) -> LesionLabels:
-        return self.labels_from_raw(self.predict_volume(volume), lungs)
+        return self.labels_from_raw(self.predict_volume(volume), lungs, volume.spacing_zyx)
 
-    def labels_from_raw(self, raw: np.ndarray, lungs) -> LesionLabels:
+    def labels_from_raw(self, raw: np.ndarray, lungs, spacing_zyx) -> LesionLabels:
         """The lesion labels from :meth:`predict_volume`'s classes and the lung mask (the one step that
         needs the lungs, so the network can run before or beside the lung stage)."""
-        return LesionLabels(combine_with_lungs(raw, lungs.cavity), self.name, self.model_id, notes=list(self.notes))
+        return LesionLabels(unet_labels(raw, lungs.cavity, spacing_zyx), self.name, self.model_id,
+                            notes=list(self.notes))
 
 
 def display_flips(direction: np.ndarray) -> tuple[slice, slice, slice]:
@@ -219,6 +225,16 @@ def display_flips(direction: np.ndarray) -> tuple[slice, slice, slice]:
     flip_x = d[0, 0] < 0  # the column axis should point to patient left (+x in LPS)
     flip_y = d[1, 1] < 0  # the row axis should point to posterior (+y in LPS)
     return (slice(None), slice(None, None, -1) if flip_y else slice(None), slice(None, None, -1) if flip_x else slice(None))
+
+
+def unet_labels(raw: np.ndarray, cavity: np.ndarray, spacing_zyx) -> np.ndarray:
+    """What the U-Net engine reports: its classes inside the cavity, lesions without a core dropped
+    (:func:`coviax.lesions.cleanup.drop_coreless_lesions`). The service's workers call it too."""
+    from coviax.lesions.cleanup import drop_coreless_lesions
+
+    labels = combine_with_lungs(raw, cavity)
+    drop_coreless_lesions(labels, spacing_zyx)
+    return labels
 
 
 def combine_with_lungs(raw: np.ndarray, cavity: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from coviax.files import file_sha256
 
 CHECKPOINT_FORMAT = "coviax.unet/1"
 HU_WINDOW = (-1024.0, 300.0)  # the thesis's normalisation window
+ASPECTS = ("stretch", "pad")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class UNetConfig:
     width: int = 16
     n_classes: int = 5
     input_size: int = 256  # slices are resized to this square before the network
+    #: how a slice that is not square becomes the network's square: "stretch" resizes it whole (the
+    #: first checkpoints; a 233 x 167 NIfTI crop is then squashed by 40 % in one direction), "pad"
+    #: pads it with air to a square first, so anatomy keeps its shape whatever the field of view
+    aspect: str = "stretch"
 
     def __post_init__(self):
         if not 2 <= self.depth <= 6:
@@ -40,6 +45,8 @@ class UNetConfig:
             raise ValueError(f"U-Net width {self.width} below 4")
         if self.input_size % (2 ** (self.depth - 1)):
             raise ValueError(f"input_size {self.input_size} not divisible by 2**(depth-1)")
+        if self.aspect not in ASPECTS:
+            raise ValueError(f"U-Net aspect {self.aspect!r}; choose one of {', '.join(ASPECTS)}")
 
 
 class _DoubleConv(nn.Sequential):
@@ -86,6 +93,16 @@ def normalise_hu(hu: torch.Tensor) -> torch.Tensor:
     """HU -> [0, 1] over the thesis's window [-1024, 300]."""
     low, high = HU_WINDOW
     return (hu.float().clamp(low, high) - low) / (high - low)
+
+
+def square_padding(height: int, width: int, aspect: str) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) rows and columns of air that make a slice square (``aspect="pad"``),
+    split evenly; all zero for ``"stretch"`` or a square slice. Serving and training both use it."""
+    if aspect != "pad" or height == width:
+        return 0, 0, 0, 0
+    side = max(height, width)
+    dy, dx = side - height, side - width
+    return dy // 2, dy - dy // 2, dx // 2, dx - dx // 2
 
 
 def save_checkpoint(model: UNet2D, path: str | Path, meta: dict | None = None) -> str:

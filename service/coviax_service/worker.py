@@ -101,7 +101,7 @@ class PrecomputedEngine:
 
     def segment(self, volume, lungs):
         from coviax.lesions import LesionLabels
-        from coviax.lesions.unet import combine_with_lungs
+        from coviax.lesions.unet import unet_labels
 
         keys = slice_keys(volume)
         missing = {z: volume.hu[z] for z, key in enumerate(keys) if key not in self.predictions
@@ -109,7 +109,7 @@ class PrecomputedEngine:
         if missing:
             raise MissingPredictions(missing)
         raw = np.stack([self.predictions.get(key, self.predictions.get(f"z:{z}")) for z, key in enumerate(keys)])
-        return LesionLabels(combine_with_lungs(raw, lungs.cavity), self.name, self.model_id, notes=list(self.notes))
+        return LesionLabels(unet_labels(raw, lungs.cavity, volume.spacing_zyx), self.name, self.model_id, notes=list(self.notes))
 
 
 def slice_keys(volume) -> list[str]:

@@ -84,6 +84,13 @@ class Augmentation:
     hu_shift: float = 20.0  # uniform +-, HU
     contrast: list[float] = field(default_factory=lambda: [0.95, 1.05])
     p: float = 0.9  # probability that a slice is augmented at all
+    # Hard negatives real scans have and our training patients lack (labels unchanged, so the network
+    # learns they are not lesions): beam-hardening streaks radiating from a dense point (contrast in
+    # the subclavian vein at the apex, metal), and denser dependent (posterior) lung in supine scans.
+    streak_p: float = 0.0  # probability per slice
+    streak_hu: list[float] = field(default_factory=lambda: [40.0, 200.0])  # peak amplitude range, HU
+    dependent_p: float = 0.0
+    dependent_hu: list[float] = field(default_factory=lambda: [30.0, 110.0])  # added at the posterior edge, HU
 
 
 @dataclass

@@ -168,9 +168,11 @@ def load_slices(run: RunDir, set_name: str, scans: set[str] | None = None) -> Sl
     return out
 
 
-def to_network_arrays(s: SliceSet, input_size: int) -> dict[str, np.ndarray]:
+def to_network_arrays(s: SliceSet, input_size: int, aspect: str = "stretch") -> dict[str, np.ndarray]:
     """Resize slices to the network's square input exactly as serving does.
 
+    A slice that is not square is first padded with air (``aspect="pad"``, labels and lungs with 0;
+    :func:`coviax.lesions.unet_model.square_padding`) or stretched whole (``"stretch"``).
     HU: :func:`normalise_hu` then bilinear (``align_corners=False``), as
     :meth:`coviax.lesions.unet.UNetEngine.predict_slices`; labels and lungs:
     nearest neighbour. Returns x float16 (n, S, S), y uint8, lung uint8.
@@ -178,19 +180,21 @@ def to_network_arrays(s: SliceSet, input_size: int) -> dict[str, np.ndarray]:
     import torch
     from torch.nn import functional as F
 
-    from coviax.lesions.unet_model import normalise_hu
+    from coviax.lesions.unet_model import normalise_hu, square_padding
 
     n = len(s)
     x = np.empty((n, input_size, input_size), np.float16)
     y = np.empty((n, input_size, input_size), np.uint8)
     lung = np.empty((n, input_size, input_size), np.uint8)
     for i in range(n):
-        t = normalise_hu(torch.from_numpy(s.hu[i].astype(np.int16)))[None, None]
+        pad = square_padding(*s.hu[i].shape, aspect)
+        padding = (pad[2], pad[3], pad[0], pad[1])
+        t = F.pad(normalise_hu(torch.from_numpy(s.hu[i].astype(np.int16)))[None, None], padding, value=0.0)
         if t.shape[-2:] != (input_size, input_size):
             t = F.interpolate(t, size=(input_size, input_size), mode="bilinear", align_corners=False)
         x[i] = t[0, 0].numpy().astype(np.float16)
         for src, dst in ((s.label[i], y), (s.lung[i], lung)):
-            m = torch.from_numpy(src.astype(np.uint8))[None, None].float()
+            m = F.pad(torch.from_numpy(src.astype(np.uint8))[None, None].float(), padding, value=0.0)
             if m.shape[-2:] != (input_size, input_size):
                 m = F.interpolate(m, size=(input_size, input_size), mode="nearest")
             dst[i] = m[0, 0].numpy().astype(np.uint8)

@@ -48,9 +48,62 @@ def augment(x, y, aug: dict, g):
         for i in torch.nonzero(blur).flatten().tolist():
             sigma = float(u(aug["blur_sigma_px"][0], aug["blur_sigma_px"][1], 1))
             x[i : i + 1] = gaussian_blur(x[i : i + 1], sigma)
+    if aug.get("streak_p", 0.0) > 0:
+        x = x + streaks(b, x.shape[-1], aug, g)
+    if aug.get("dependent_p", 0.0) > 0:
+        x = x + dependent_density(y, aug, g)
     noise = u(aug["noise_hu"][0], aug["noise_hu"][1]) / HU_WIDTH * on
     x = x + torch.randn(x.shape, generator=g) * noise[:, None, None, None]
     return x.clamp(0.0, 1.0), y
+
+
+def streaks(b: int, size: int, aug: dict, g):
+    """Beam-hardening streaks (normalised units, B 1 S S): 3-9 lines through a random point of the upper
+    half of the image, each a thin bright or dark band (1-2.5 px wide) fading with distance from the
+    point over 15-60 % of the image; drawn for a share ``streak_p`` of the slices, zero elsewhere."""
+    import torch
+
+    out = torch.zeros(b, 1, size, size)
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    yy, xx = coords[:, None], coords[None, :]
+    for i in range(b):
+        if float(torch.rand(1, generator=g)) >= aug["streak_p"]:
+            continue
+        cy, cx = 0.15 + 0.45 * float(torch.rand(1, generator=g)), 0.2 + 0.6 * float(torch.rand(1, generator=g))
+        reach = 0.15 + 0.45 * float(torch.rand(1, generator=g))
+        r = torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+        fade = torch.exp(-r / reach)
+        for _ in range(int(torch.randint(3, 10, (1,), generator=g))):
+            angle = math.pi * float(torch.rand(1, generator=g))
+            width = (1.0 + 1.5 * float(torch.rand(1, generator=g))) / size
+            dist = torch.abs((yy - cy) * math.cos(angle) - (xx - cx) * math.sin(angle))
+            low, high = aug["streak_hu"]
+            amp = (low + (high - low) * float(torch.rand(1, generator=g))) / HU_WIDTH
+            sign = 1.0 if float(torch.rand(1, generator=g)) < 0.5 else -1.0
+            out[i, 0] += sign * amp * torch.exp(-0.5 * (dist / width) ** 2) * fade
+    return out
+
+
+def dependent_density(y, aug: dict, g):
+    """Denser dependent lung (normalised units, B 1 S S): healthy-lung pixels (label 1) of a share
+    ``dependent_p`` of the slices gain ``dependent_hu`` at the posterior edge of each column's lung,
+    fading over 4-12 % of the image towards anterior. Rows run anterior to posterior (serving's layout)."""
+    import torch
+
+    b, size = y.shape[0], y.shape[-1]
+    out = torch.zeros(b, 1, size, size)
+    rows = torch.arange(size, dtype=torch.float32)[:, None].expand(size, size)
+    for i in range(b):
+        lung = y[i] >= 1
+        if float(torch.rand(1, generator=g)) >= aug["dependent_p"] or not bool(lung.any()):
+            continue
+        posterior = torch.where(lung, rows, torch.full_like(rows, -1.0)).amax(dim=0, keepdim=True)  # per column
+        depth = (posterior - rows).clamp_min(0.0)
+        fall = size * (0.04 + 0.08 * float(torch.rand(1, generator=g)))
+        low, high = aug["dependent_hu"]
+        amp = (low + (high - low) * float(torch.rand(1, generator=g))) / HU_WIDTH
+        out[i, 0] = torch.where(y[i] == 1, amp * torch.exp(-depth / fall), torch.zeros_like(rows))
+    return out
 
 
 def gaussian_blur(x, sigma: float):

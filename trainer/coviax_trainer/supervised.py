@@ -99,7 +99,7 @@ def case_examples(case_id: str, validation: bool = False) -> list[dict]:
     return out
 
 
-def build_arrays(case_ids: list[str], input_size: int, out_dir: Path, reporter) -> dict:
+def build_arrays(case_ids: list[str], input_size: int, out_dir: Path, reporter, aspect: str = "pad") -> dict:
     """Ray tasks build each case's stacks; the driver resizes them as serving does and writes npz files."""
     import ray
 
@@ -120,7 +120,7 @@ def build_arrays(case_ids: list[str], input_size: int, out_dir: Path, reporter) 
                 slices.slice += list(range(n))
                 slices.corrected += [False] * n
                 info[f"{split}_scans"].append(ex["scan"])
-        arrays = to_network_arrays(slices, input_size)
+        arrays = to_network_arrays(slices, input_size, aspect)
         lesion_free = ~((arrays["y"] >= Label.GGO).reshape(len(slices), -1).any(axis=1))
         arrays["draw_weight"] = np.where(lesion_free, HARD_NEGATIVE_DRAW_WEIGHT, 1.0).astype(np.float32)
         path = out_dir / f"{split}.npz"
@@ -147,7 +147,11 @@ def lung_task_arrays(info: dict, data_dir: Path) -> dict:
         if not path.is_file():
             with np.load(info[split]) as z:
                 lung = (z["lung"] > 0).astype(np.uint8)
-                np.savez(path, x=z["x"], y=lung, lung=np.ones_like(lung))
+                # what the lung network gets wrong is dense lung at the pleura: slices with consolidation
+                # are drawn as often as the lesion task draws its hard negatives
+                consolidation = (z["y"] == Label.CONSOLIDATION).reshape(len(lung), -1).any(axis=1)
+                draw = np.where(consolidation, HARD_NEGATIVE_DRAW_WEIGHT, 1.0).astype(np.float32)
+                np.savez(path, x=z["x"], y=lung, lung=np.ones_like(lung), draw_weight=draw)
         out[split] = str(path)
     fraction = float(np.load(out["train"])["y"].mean())
     out["class_weights"] = [1.0, float(np.clip(np.sqrt((1 - fraction) / max(fraction, 1e-6)), 1.0, 5.0))]
@@ -179,7 +183,9 @@ def card_markdown(name: str, recipe: dict, sha: str, size_mb: float, evaluation:
         f"- architecture: 2D U-Net (coviax.lesions.unet_model.UNet2D), depth {model['depth']}, width {model['width']}, "
         f"input {model['input_size']} px, {model['n_classes']} classes "
         + ("(0 not lung, 1 lung)" if task == "lungs" else "(codes of coviax/labels.py)"),
-        "- input: one axial slice in HU, clipped to [-1024, 300], scaled to [0, 1], the whole slice resized to the input size",
+        "- input: one axial slice in HU, clipped to [-1024, 300], scaled to [0, 1], "
+        + ("padded with air to a square (so a slice that is not square keeps its shape), then resized to the input size"
+           if model.get("aspect") == "pad" else "the whole slice resized to the input size"),
         "", "## What it saw (the exact-label recipe, `coviax_trainer.supervised`)", "",
         f"- training patients: {', '.join(recipe['patients'])}",
         f"- never read (held-out patients): {', '.join(heldout)}",
@@ -200,6 +206,12 @@ def card_markdown(name: str, recipe: dict, sha: str, size_mb: float, evaluation:
         f"- {recipe['train_config']['epochs']} epochs x {recipe['train_config']['samples_per_epoch']} slices, batch "
         f"{recipe['train_config']['batch_size']}, Dice + CE with sqrt-inverse class weights, augmentation: "
         f"{recipe['train_config']['augmentation']}; {recipe['seconds']:.0f} s on the 2-core CPU machine",
+        *([f"- fine-tuned from the checkpoint with SHA-256 `{recipe['fine_tuned_from']}` (the previous shipped "
+           "model of this recipe), with this recipe's data and augmentation"] if recipe.get("fine_tuned_from") else []),
+        *(["- synthetic hard negatives in the augmentation (labels unchanged): beam-hardening streaks from a dense point "
+           f"on {recipe['train_config']['augmentation']['streak_p']:.0%} of the slices, denser dependent lung at the "
+           f"posterior edge on {recipe['train_config']['augmentation']['dependent_p']:.0%}"]
+          if recipe["train_config"]["augmentation"].get("streak_p") else []),
         "- exact labels contribute all of the training signal; no K-means pseudo-label is used. The thesis's weakly "
         "supervised recipe (`coviax train all`) stays available and is documented in docs/TRAINING.md",
         f"- last epoch validation: {({k: round(v, 3) for k, v in recipe['history'][-1].items() if k.startswith('val_')})}",
@@ -256,6 +268,14 @@ def _parser() -> argparse.ArgumentParser:
                         "lung as target, scans with lesions at the pleura as input)")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--address", help="join this Ray cluster; default: a local Ray")
+    parser.add_argument("--init", help="fine-tune: start from this checkpoint's weights (same depth, width, classes)")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--aspect", choices=("pad", "stretch"), default="pad",
+                        help="slices that are not square: padded with air to a square (default) or stretched")
+    parser.add_argument("--streak-p", type=float, default=0.3,
+                        help="share of slices given synthetic beam-hardening streaks (hard negatives)")
+    parser.add_argument("--dependent-p", type=float, default=0.3,
+                        help="share of slices given denser dependent lung (hard negatives)")
     return parser
 
 
@@ -264,13 +284,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from coviax.files import file_sha256
     from coviax_research import realdata
     from coviax_trainer.config import Augmentation, ModelConfig, TrainConfig
     from coviax_trainer.progress import Reporter
     from coviax_trainer.train import fit
 
     reporter = Reporter()
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # Ray Train and its workers need absolute paths (their cwd is elsewhere)
     (out / "data").mkdir(parents=True, exist_ok=True)
     cases = [c.id for c in realdata.available_cases(TRAIN_PATIENT_ROLE)]
     if not cases:
@@ -282,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if info_path.is_file():
         info = json.loads(info_path.read_text())
     else:
-        info = build_arrays(cases, args.input_size, out / "data", reporter)
+        info = build_arrays(cases, args.input_size, out / "data", reporter, args.aspect)
         info_path.write_text(json.dumps(info, indent=1))
     n_classes = 5
     if args.task == "lungs":
@@ -291,17 +312,20 @@ def main(argv: list[str] | None = None) -> int:
     model = ModelConfig(depth=args.depth, width=args.width, input_size=args.input_size)
     # Lung sizes differ threefold between a full chest and a crop of one side at the same input
     # size: the scale range is widened to cover both (serving resizes the whole slice).
-    aug = Augmentation(scale=[0.7, 1.4], rotate_deg=15.0)
-    tcfg = TrainConfig(epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, batch_size=8, lr=2e-3,
+    aug = Augmentation(scale=[0.7, 1.4], rotate_deg=15.0, streak_p=args.streak_p, dependent_p=args.dependent_p)
+    tcfg = TrainConfig(epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, batch_size=8, lr=args.lr,
                        ignore_border_px=0, keep="last", augmentation=aug, cpus_per_worker=2)
     stage = "unet-b-exact" if args.task == "lesions" else "lungs-unet"
     loop_cfg = {
-        "stage": stage, "seed": args.seed, "model": {**dataclasses.asdict(model), "n_classes": n_classes},
+        "stage": stage, "seed": args.seed,
+        "model": {**dataclasses.asdict(model), "n_classes": n_classes, "aspect": args.aspect},
+        "init_weights": str(Path(args.init).resolve()) if args.init else None,
         "train": dataclasses.asdict(tcfg), "train_data": info["train"], "val_data": info["val"],
         "threads": tcfg.cpus_per_worker, "class_weights": info["class_weights"],
     }
     history = fit(stage, loop_cfg, tcfg, out / "ray", out, reporter)
     meta = {"recipe": "exact", "task": args.task, "model": loop_cfg["model"], "patients": cases,
+            "fine_tuned_from": file_sha256(args.init) if args.init else None,
             "data": {k: v for k, v in info.items() if k not in ("train", "val")},
             "train_config": dataclasses.asdict(tcfg), "history": history,
             "seconds": round(time.perf_counter() - t0, 1)}

@@ -73,6 +73,10 @@ def train_loop(cfg: dict) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t["lr"], total_steps=total_steps, pct_start=0.15)
     start_epoch, history, best = _resume(model, opt, sched, push)
+    if start_epoch == 0 and cfg.get("init_weights"):  # fine-tuning: start from a trained network's weights
+        from coviax.lesions.unet_model import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(cfg["init_weights"])[0].state_dict())
 
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
