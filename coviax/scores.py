@@ -223,13 +223,25 @@ def _one_lung(lung: np.ndarray, lesion: np.ndarray, scored: np.ndarray, high: np
 
 
 def scored_lesions(lesion: np.ndarray, voxel_ml: float | None) -> np.ndarray:
-    """Lesion voxels in blobs of at least :data:`MIN_SCORED_LESION_ML` (all of them without ``voxel_ml``)."""
+    """Lesion voxels in blobs of at least :data:`MIN_SCORED_LESION_ML` (all of them without ``voxel_ml``).
+
+    The same voxels as ``cc3d.dust(lesion, min_voxels, connectivity=26)``, computed inside the lesions'
+    bounding box with a keep-table lookup instead of ``np.isin`` over the whole volume: 505-slice bench
+    scan 4.4 s -> about 1 s on 2 cores.
+    """
     if voxel_ml is None or not lesion.any():
         return lesion
     import cc3d
 
     min_voxels = int(np.ceil(MIN_SCORED_LESION_ML / voxel_ml))
-    return cc3d.dust(lesion, threshold=min_voxels, connectivity=26, in_place=False)
+    box = tuple(slice(int(i[0]), int(i[-1]) + 1)
+                for i in (np.flatnonzero(lesion.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))))
+    components = cc3d.connected_components(lesion[box], connectivity=26)
+    keep = cc3d.statistics(components, no_slice_conversion=True)["voxel_counts"] >= min_voxels
+    keep[0] = False
+    scored = np.zeros_like(lesion)
+    scored[box] = keep[components]
+    return scored
 
 
 def _min_ml(voxel_ml: float | None) -> float | None:

@@ -27,6 +27,7 @@ _.call_sync
 _.load_tokens
 _.pids
 _.voxel_counts  # LungMask: tests/test_lungs.py, tests/test_realdata.py
+_.write_outputs  # coviax.pipeline.write_outputs, the public name of an already made report's outputs: tests/test_report_pages.py
 # protocol signatures: context managers, interceptors, cache keys
 _.__enter__
 _.__exit__
