@@ -67,9 +67,10 @@ proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py clients
 
 # Speed: every stage on a ~500-slice scan with lungmask and naive scipy as baselines
-# in the same run; writes bench/RESULTS.md. GPU mode: bash bench/gpu/run.sh on a CUDA host.
+# in the same run, and how each stage's cost grows with 64..1000 slices (--scaling: bench/scaling.png);
+# writes bench/RESULTS.md. GPU mode: bash bench/gpu/run.sh on a CUDA host.
 bench: $(STAMP)
-	$(BIN)/python bench/run_bench.py
+	$(BIN)/python bench/run_bench.py --scaling
 
 # A trial's cohort end to end (docs/COHORTS.md): phantoms of the bundled CT and the whole-chest patients of
 # `make data` (when fetched), two timepoints, sites A (no added noise) and B (50 HU), reduced to <= 128

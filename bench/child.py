@@ -8,6 +8,7 @@ Prints one JSON line with the timings.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 
@@ -17,9 +18,16 @@ def run_pipeline(scan: str, out: str, engine: str, weights: str | None) -> dict:
 
     options = SegmentOptions(lungs="classical", engine=engine, weights=weights,
                              outputs=("report", "seg", "png"))
+    rss_after: dict[str, float] = {}
+
+    def progress(stage: str, state: str) -> None:  # the process's peak so far, at the end of each stage
+        if state == "end":
+            rss_after[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
     started = time.perf_counter()
-    result = run(scan, out, options)
+    result = run(scan, out, options, progress=progress)
     return {
+        "rss_after_stage_gib": rss_after,
         "timings": result.timings,
         "wall": time.perf_counter() - started,
         "slices": result.volume.shape[0],

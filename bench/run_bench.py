@@ -32,6 +32,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from scaling import DEFAULT_SIZES, run_scaling  # noqa: E402  (bench/scaling.py, beside this script)
+from scaling import plot as plot_scaling  # noqa: E402
+from scaling import render as render_scaling  # noqa: E402
+
 
 def machine() -> str:
     cpu = platform.processor() or "cpu"
@@ -173,18 +177,29 @@ def bench_api(scan_dir: Path, weights: str, cache: Path, repeats: int = 3, clien
     return run_api_bench(scan_dir, weights, cache, repeats=repeats, clients=clients)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slice-thickness", type=float, default=0.625, help="mm; 0.625 gives 512 slices")
     parser.add_argument("--cache", default=str(HERE / "cache"))
     parser.add_argument("--out", default=str(HERE))
     parser.add_argument("--skip-lungmask", action="store_true")
     parser.add_argument("--skip-api", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--scaling", action="store_true",
+                        help="also time every stage for 64..1000 slices and plot it (bench/scaling.png)")
+    parser.add_argument("--scaling-sizes", default=",".join(map(str, DEFAULT_SIZES)),
+                        help="comma-separated slice counts of --scaling")
+    parser.add_argument("--scaling-only", action="store_true", help="only the --scaling part")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
     print(f"machine: {results['machine']}", flush=True)
+    if args.scaling_only:
+        return _scaling_only(args, cache, results)
 
     started = time.perf_counter()
     scan = build_scan(cache, args.slice_thickness)
@@ -224,10 +239,34 @@ def main(argv: list[str] | None = None) -> int:
         print("end to end through the gRPC API ...", flush=True)
         results["api"] = bench_api(series, weights, cache)
 
+    if args.scaling:
+        results["scaling"] = _scaling(args, cache, weights)
     out = Path(args.out)
+    if "scaling" in results:
+        plot_scaling(results["scaling"], out / "scaling.png")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     text = render(results)
     (out / "RESULTS.md").write_text(text)
+    print(text)
+    return 0
+
+
+def _scaling(args, cache: Path, weights: str) -> dict:
+    sizes = [int(n) for n in args.scaling_sizes.split(",") if n]
+    print(f"how cost grows: {sizes} slices ...", flush=True)
+    return run_scaling(sizes, cache, weights, build_scan, dicom_dir, run_child)
+
+
+def _scaling_only(args, cache: Path, results: dict) -> int:
+    """``--scaling-only``: the scaling section alone, in OUT/scaling.md, OUT/scaling.json and OUT/scaling.png."""
+    weights, results["unet_weights"] = unet_weights(cache)
+    results["scaling"] = _scaling(args, cache, weights)
+    out = Path(args.out)
+    plot_scaling(results["scaling"], out / "scaling.png")
+    (out / "scaling.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    text = "\n".join([f"Measured on {results['date']}. Machine: {results['machine']}.", "",
+                      *render_scaling(results["scaling"])])
+    (out / "scaling.md").write_text(text)
     print(text)
     return 0
 
@@ -298,6 +337,8 @@ def render(r: dict) -> str:
         ]
     else:
         lines.append("Not measured in this run (service not installed or --skip-api).")
+    if "scaling" in r:
+        lines += ["", *render_scaling(r["scaling"])]
     lines += [
         "",
         "## GPU",
