@@ -4,7 +4,9 @@ lungmask's ``get_model()`` downloads its weights from GitHub when none are
 given, which fails (or worse, hangs) on hospital machines with no internet. We
 look for the weights ourselves -- an explicit file, ``$COVIAX_LUNGMASK_WEIGHTS``,
 or lungmask's own file name in the torch hub cache -- and give a clear error
-when they are absent. lungmask is imported lazily: on import it silences all
+when they are absent. lungmask's network runs through our own batched pre- and
+post-processing (``lungmask_fast.py``, where the docstring says why), not
+``LMInferer``. lungmask is imported lazily: on import it silences all
 ``UserWarning``s process-wide, which we only accept when it is actually used.
 """
 
@@ -84,18 +86,17 @@ def segment_lungs_lungmask(volume, weights: str | None = None, device: str = "cp
             f"lungmask weights for {model} not found (looked in: {looked}). "
             + DOWNLOAD_HINT.format(cache=hub_checkpoint_dir())
         )
-    from lungmask import LMInferer  # lazy: see module docstring
+    from coviax.lungs import lungmask_fast  # imports lungmask lazily: see module docstring
 
     try:
-        inferer = LMInferer(
-            modelpath=str(path), force_cpu=(device == "cpu"), batch_size=20, tqdm_disable=True
-        )
+        net = lungmask_fast.load_model(str(path), device=device)
     except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise WeightsNotFoundError(
             f"{path}: not a usable lungmask state dict for {model} ({exc.__class__.__name__}: {str(exc)[:200]})"
         ) from None
-    # lungmask reorients SimpleITK images to LPS itself and back again.
-    raw = inferer.apply(volume.to_sitk()).astype(np.uint8)
+    # our batched path over lungmask's network (lungmask_fast.py); it reorients to LPS and back itself
+    result = lungmask_fast.segment(volume.to_sitk(), net, device=device)
+    raw = result.labels
     lobes = None
     if model == "LTRCLobes":
         lobes = raw
@@ -104,7 +105,8 @@ def segment_lungs_lungmask(volume, weights: str | None = None, device: str = "cp
         labels[np.isin(raw, LEFT_LOBES)] = LEFT_LUNG
     else:
         labels = raw  # R231 already writes 1 = right, 2 = left
-    return LungMask(labels=labels, method=f"lungmask:{model}", notes=[f"weights {path.name}"], lobes=lobes)
+    notes = [f"weights {path.name}", f"lungmask network, our batched pre/post-processing ({result.precision})"]
+    return LungMask(labels=labels, method=f"lungmask:{model}", notes=notes, lobes=lobes)
 
 
 def _model_from_filename(weights: str) -> str:
