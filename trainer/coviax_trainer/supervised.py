@@ -164,6 +164,20 @@ def heldout_patients() -> list[str]:
     return sorted({c.patient for c in realdata.CASES if c.role != TRAIN_PATIENT_ROLE})
 
 
+def _fine_tuning_lines(recipe: dict) -> list[str]:
+    """The card's lines on where a fine-tuned network started and the synthetic hard negatives it saw."""
+    aug = recipe["train_config"]["augmentation"]
+    lines = []
+    if recipe.get("fine_tuned_from"):
+        lines.append(f"- fine-tuned from the checkpoint with SHA-256 `{recipe['fine_tuned_from']}` (the previous shipped "
+                     "model of this recipe), with this recipe's data and augmentation")
+    if aug.get("streak_p") or aug.get("dependent_p"):
+        lines.append("- synthetic hard negatives in the augmentation (labels unchanged): beam-hardening streaks from a "
+                     f"dense point on {aug.get('streak_p', 0):.0%} of the slices, denser dependent lung at the posterior "
+                     f"edge on {aug.get('dependent_p', 0):.0%}")
+    return lines
+
+
 def card_markdown(name: str, recipe: dict, sha: str, size_mb: float, evaluation: dict | None) -> str:
     """The model card of a network trained by this recipe: what it saw, what it was measured on."""
     from coviax import RESEARCH_USE_NOTICE
@@ -206,12 +220,7 @@ def card_markdown(name: str, recipe: dict, sha: str, size_mb: float, evaluation:
         f"- {recipe['train_config']['epochs']} epochs x {recipe['train_config']['samples_per_epoch']} slices, batch "
         f"{recipe['train_config']['batch_size']}, Dice + CE with sqrt-inverse class weights, augmentation: "
         f"{recipe['train_config']['augmentation']}; {recipe['seconds']:.0f} s on the 2-core CPU machine",
-        *([f"- fine-tuned from the checkpoint with SHA-256 `{recipe['fine_tuned_from']}` (the previous shipped "
-           "model of this recipe), with this recipe's data and augmentation"] if recipe.get("fine_tuned_from") else []),
-        *(["- synthetic hard negatives in the augmentation (labels unchanged): beam-hardening streaks from a dense point "
-           f"on {recipe['train_config']['augmentation']['streak_p']:.0%} of the slices, denser dependent lung at the "
-           f"posterior edge on {recipe['train_config']['augmentation']['dependent_p']:.0%}"]
-          if recipe["train_config"]["augmentation"].get("streak_p") else []),
+        *_fine_tuning_lines(recipe),
         "- exact labels contribute all of the training signal; no K-means pseudo-label is used. The thesis's weakly "
         "supervised recipe (`coviax train all`) stays available and is documented in docs/TRAINING.md",
         f"- last epoch validation: {({k: round(v, 3) for k, v in recipe['history'][-1].items() if k.startswith('val_')})}",
