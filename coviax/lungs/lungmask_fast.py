@@ -251,28 +251,9 @@ def _face_contacts(cc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pairs // n1, pairs % n1, counts
 
 
-def postprocess(raw: np.ndarray) -> np.ndarray:
-    """lungmask's ``postprocessing`` (without a fill model) with cc3d and a contact graph."""
-    import cc3d
-    import fill_voids
-
-    cc, count = cc3d.connected_components(raw, connectivity=26, return_N=True)
-    if count == 0:
-        return np.zeros_like(raw, dtype=np.uint8)
-    cc = cc.astype(np.uint32 if count >= 2**16 - 1 else np.uint16, copy=False)
-    area = np.bincount(cc.ravel(), minlength=count + 1).astype(np.int64)
-    label_of = np.zeros(count + 1, np.uint8)
-    label_of[cc.ravel()] = raw.ravel()
-    ids = np.arange(1, count + 1)
-    order = ids[np.argsort(area[1:], kind="stable")]  # smallest first, as lungmask sorts regionprops
-
-    maxsub = np.zeros(int(raw.max()) + 1, np.int64)
-    to_label = np.zeros(count + 1, np.uint8)
-    for r in order.tolist():  # as lungmask: every region that raises its label's running maximum maps to it
-        if area[r] > maxsub[label_of[r]]:
-            maxsub[label_of[r]] = area[r]
-            to_label[r] = label_of[r]
-
+def _merge_small_regions(cc, count: int, order, area, label_of, maxsub) -> np.ndarray:
+    """lungmask's merge of small regions into the neighbour they share most faces with (``maxsub`` is
+    updated as lungmask does); returns each region's final parent region."""
     parent = np.arange(count + 1)
     candidates = [r for r in order if area[r] >= SKIP_BELOW and area[r] < maxsub[label_of[r]]]
     if candidates:
@@ -309,6 +290,32 @@ def postprocess(raw: np.ndarray) -> np.ndarray:
             if np.array_equal(nxt, parent):
                 break
             parent = nxt
+    return parent
+
+
+def postprocess(raw: np.ndarray) -> np.ndarray:
+    """lungmask's ``postprocessing`` (without a fill model) with cc3d and a contact graph."""
+    import cc3d
+    import fill_voids
+
+    cc, count = cc3d.connected_components(raw, connectivity=26, return_N=True)
+    if count == 0:
+        return np.zeros_like(raw, dtype=np.uint8)
+    cc = cc.astype(np.uint32 if count >= 2**16 - 1 else np.uint16, copy=False)
+    area = np.bincount(cc.ravel(), minlength=count + 1).astype(np.int64)
+    label_of = np.zeros(count + 1, np.uint8)
+    label_of[cc.ravel()] = raw.ravel()
+    ids = np.arange(1, count + 1)
+    order = ids[np.argsort(area[1:], kind="stable")]  # smallest first, as lungmask sorts regionprops
+
+    maxsub = np.zeros(int(raw.max()) + 1, np.int64)
+    to_label = np.zeros(count + 1, np.uint8)
+    for r in order.tolist():  # as lungmask: every region that raises its label's running maximum maps to it
+        if area[r] > maxsub[label_of[r]]:
+            maxsub[label_of[r]] = area[r]
+            to_label[r] = label_of[r]
+
+    parent = _merge_small_regions(cc, count, order, area, label_of, maxsub)
     mapped = (to_label[parent])[cc]
 
     out = np.zeros(raw.shape, np.uint8)
