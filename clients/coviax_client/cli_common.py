@@ -9,7 +9,7 @@ from pathlib import Path
 
 #: The server's lung methods: ``coviax.lungs.LUNG_METHODS``, copied because the client does not import
 #: the core; tests/test_settings.py fails if the two differ.
-LUNG_METHODS = ("auto", "lungmask", "unet", "classical")
+LUNG_METHODS = ("auto", "lungmask", "hybrid", "unet", "classical")
 
 
 def connect(args, **kwargs):

