@@ -28,8 +28,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--quick", action="store_true", help="2 cases on 4x down-sampled phantoms (a smoke test)")
     p.add_argument("--weights", help="U-Net checkpoint (default: $COVIAX_WEIGHTS or the shipped U-Net B)")
     p.add_argument("--device", default="cpu", help="device for the U-Net: cpu or cuda")
-    p.add_argument("--real-lungs", default="unet,classical",
-                   help="lung methods for the real-patient rows (default unet,classical); 'none' skips those rows, "
+    p.add_argument("--real-lungs", default="auto,unet,classical",
+                   help="lung methods for the real-patient rows (default auto,unet,classical: the default path "
+                   "first); 'none' skips those rows, "
                    "which need the scans `make data` fetches")
     p.set_defaults(func=_cmd_eval)
 

@@ -8,7 +8,7 @@ errors; the lung methods are scored separately (Dice of their cavity
 against the true lung, which is the source's lung before lesions: classical
 thresholds without the closing, :data:`TRUE_LUNG`). The product's default
 engine is also run end to end (:data:`END_TO_END_ENGINES`, rows
-``unet+classical`` and ``unet+unet``): with a lung mask made from the phantom
+``unet+auto`` -- the default path --, ``unet+classical`` and ``unet+unet``): with a lung mask made from the phantom
 itself by that method, its VRall in percent of that mask -- the number a user
 of ``coviax segment`` gets, lesions lost at the pleura included. The real
 patients' rows are :mod:`coviax_research.evaluate_real`.
@@ -44,8 +44,9 @@ DEFAULT_ENGINES = ENGINES[::-1]  # threshold, kmeans, unet: the baseline first
 #: Engines also scored end to end, with a lung mask the product makes instead of the true one; their rows
 #: are named ``<engine>+<lung method>``.
 END_TO_END_ENGINES = ("unet",)
-#: The lung methods of the end-to-end rows (``unet`` only when its weights are on this machine).
-END_TO_END_LUNGS = ("classical", "unet")
+#: The lung methods of the end-to-end rows, the product's default (``auto``) first (``unet`` only when its
+#: weights are on this machine).
+END_TO_END_LUNGS = ("auto", "classical", "unet")
 #: The phantoms' true lung: the classical thresholds without the 20 mm closing (the lung before
 #: lesions; see coviax_research.realdata.reference_lung_mask), so no lung method scores against itself.
 TRUE_LUNG = "reference (classical thresholds, no closing)"

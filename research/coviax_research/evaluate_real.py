@@ -217,7 +217,10 @@ def real_markdown(real: dict) -> list[str]:
     lines = [f"Engine: {real['engine']}. Cases: {', '.join(real['cases_available'])}"
              + (f"; missing (run `make data`): {', '.join(real['cases_missing'])}" if real["cases_missing"] else "")]
     for method, run in real["runs"].items():
-        lines += _table_head(f"Real scans without COVID-19, lungs `{method}`", _REAL_SCAN_COLUMNS, "ll" + "r" * 10)
+        ran = ", ".join(sorted({r["lungs"] for r in run["scans"]}))
+        # the default path: say which method auto took on this machine
+        title = f"lungs `{method}`" + (f" (the default path; it ran {ran})" if method == "auto" else "")
+        lines += _table_head(f"Real scans without COVID-19, {title}", _REAL_SCAN_COLUMNS, "ll" + "r" * 10)
         for r in run["scans"]:
             t = r.get("tumour", {})
             lines.append(
@@ -226,7 +229,7 @@ def real_markdown(real: dict) -> list[str]:
                 f"{r['edge_lesion_ml']:.1f} | {_f(r.get('heart_in_lung_ml'))} | {_f(t.get('inside_lung_pct'), '.1f')} | "
                 f"{_f(t.get('opacity_pct'), '.1f')} | {_f(t.get('core_consolidation_pct'), '.1f')} |")
         if run["heldout_phantoms"]:
-            lines += _table_head(f"Phantoms of held-out patients, lungs `{method}`", _HELDOUT_COLUMNS,
+            lines += _table_head(f"Phantoms of held-out patients, {title}", _HELDOUT_COLUMNS,
                                  "lrl" + "r" * 9)
             for r in run["heldout_phantoms"]:
                 e, t = r["end_to_end"], r["true_lung"]
