@@ -1,6 +1,6 @@
 """One measured job of `make bench`, run in its own process so its peak memory is its own.
 
-Usage: python bench/child.py pipeline SCAN_DIR OUT_DIR ENGINE [WEIGHTS]
+Usage: python bench/child.py pipeline SCAN_DIR OUT_DIR ENGINE LUNGS [WEIGHTS]
        python bench/child.py lungmask SCAN_DIR LUNGMASK_WEIGHTS
 Prints one JSON line with the timings.
 """
@@ -13,10 +13,10 @@ import sys
 import time
 
 
-def run_pipeline(scan: str, out: str, engine: str, weights: str | None) -> dict:
+def run_pipeline(scan: str, out: str, engine: str, lungs: str, weights: str | None) -> dict:
     from coviax.pipeline import SegmentOptions, run
 
-    options = SegmentOptions(lungs="classical", engine=engine, weights=weights,
+    options = SegmentOptions(lungs=lungs, engine=engine, weights=weights,
                              outputs=("report", "seg", "png"))
     rss_after: dict[str, float] = {}
 
@@ -33,6 +33,7 @@ def run_pipeline(scan: str, out: str, engine: str, weights: str | None) -> dict:
         "slices": result.volume.shape[0],
         "ratios": result.report["ratios_pct"],
         "lung_ml": result.report["lungs"]["volume_ml"]["total"],
+        "lung_method": result.lungs.method,
         "notes": result.lesions.notes,
         "model": result.lesions.model,
     }
@@ -54,7 +55,7 @@ def run_lungmask(scan: str, weights: str) -> dict:
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "pipeline":
-        out = run_pipeline(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else None)
+        out = run_pipeline(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6] if len(sys.argv) > 6 else None)
     elif mode == "lungmask":
         out = run_lungmask(sys.argv[2], sys.argv[3])
     else:

@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # before a long run, not at its end
     print(f"machine: {results['machine']}", flush=True)
     if args.scaling_only:
         return _scaling_only(args, cache, results)
@@ -208,20 +210,27 @@ def main(argv: list[str] | None = None) -> int:
     weights, weights_note = unet_weights(cache)
     results["unet_weights"] = weights_note
 
-    print("our pipeline (unet engine, classical lungs) ...", flush=True)
-    ours, ours_mem = run_child(["pipeline", str(series), str(cache / "out-unet"), "unet", weights])
-    results["pipeline_unet"] = {**ours, "peak_rss_gib": ours_mem}
-    slices = ours["slices"]
-    results["slices"] = slices
+    print("our pipeline, the default path (unet engine, lungs auto) ...", flush=True)
+    default, default_mem = run_child(["pipeline", str(series), str(cache / "out-default"), "unet", "auto", weights])
+    results["pipeline_default"] = {**default, "peak_rss_gib": default_mem}
+    results["slices"] = default["slices"]
+    _save_partial(out, results)
 
-    print("our pipeline (kmeans engine) ...", flush=True)
-    km, km_mem = run_child(["pipeline", str(series), str(cache / "out-kmeans"), "kmeans"])
+    print("our pipeline (unet engine, classical lungs) ...", flush=True)
+    ours, ours_mem = run_child(["pipeline", str(series), str(cache / "out-unet"), "unet", "classical", weights])
+    results["pipeline_unet"] = {**ours, "peak_rss_gib": ours_mem}
+    _save_partial(out, results)
+
+    print("our pipeline (kmeans engine, classical lungs) ...", flush=True)
+    km, km_mem = run_child(["pipeline", str(series), str(cache / "out-kmeans"), "kmeans", "classical"])
     results["pipeline_kmeans"] = {**km, "peak_rss_gib": km_mem}
+    _save_partial(out, results)
 
     if not args.skip_lungmask:
         print("baseline: lungmask LMInferer on the same scan ...", flush=True)
         lm, lm_mem = run_child(["lungmask", str(series), lungmask_weights(cache)])
         results["lungmask"] = {**lm, "peak_rss_gib": lm_mem}
+        _save_partial(out, results)
 
     print("quantities: ours vs naive scipy ...", flush=True)
     truth = np.load(scan / "truth_labels.npy")
@@ -235,20 +244,30 @@ def main(argv: list[str] | None = None) -> int:
     results["unet_cpu"] = bench_unet_cpu(weights, volume.hu[mid - 16 : mid + 16])
     del volume, truth
 
+    _save_partial(out, results)
     if not args.skip_api:
         print("end to end through the gRPC API ...", flush=True)
         results["api"] = bench_api(series, weights, cache)
+        _save_partial(out, results)
 
     if args.scaling:
         results["scaling"] = _scaling(args, cache, weights)
-    out = Path(args.out)
     if "scaling" in results:
         plot_scaling(results["scaling"], out / "scaling.png")
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    (out / "results.partial.json").unlink(missing_ok=True)
     text = render(results)
     (out / "RESULTS.md").write_text(text)
     print(text)
     return 0
+
+
+def _save_partial(out: Path, results: dict) -> None:
+    """What is measured so far, in OUT/results.partial.json: a run that fails late keeps its first hours."""
+    path = out / "results.partial.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    tmp.replace(path)
 
 
 def _scaling(args, cache: Path, weights: str) -> dict:
@@ -293,6 +312,19 @@ def _baseline_rows(r: dict, t: dict, core: float) -> list[str]:
     return lines
 
 
+def _pipeline_runs(r: dict) -> list[tuple[str, dict]]:
+    """(column title, run) of the pipeline runs in this result, the default path first."""
+    runs = []
+    if "pipeline_default" in r:
+        runs.append((f"default (lungs auto -> {r['pipeline_default'].get('lung_method', '?')}), s", r["pipeline_default"]))
+    runs.append(("U-Net, classical lungs, s", r["pipeline_unet"]))
+    return runs
+
+
+def _stage_header(r: dict) -> str:
+    return "| stage | " + " | ".join(title for title, _ in _pipeline_runs(r)) + " |"
+
+
 def render(r: dict) -> str:
     t = r["pipeline_unet"]["timings"]
     n = r["slices"]
@@ -305,16 +337,21 @@ def render(r: dict) -> str:
         "as a DICOM series.",
         f"U-Net weights: {r['unet_weights']}.",
         "",
-        "## Our pipeline per stage (U-Net engine, classical lungs)",
+        "## Our pipeline per stage",
         "",
-        "| stage | seconds | slices/s |",
-        "|---|---:|---:|",
+        "The default path (`coviax segment` with no options: lungs `auto`) first, then the U-Net engine inside the",
+        "classical lungs (the rows the baselines and the scaling run compare). Outputs: report, SEG, montage.",
+        "",
+        _stage_header(r),
+        "|---|" + "---:|" * len(_pipeline_runs(r)),
     ]
-    for stage in ("read", "lungs", "lesions", "quantities", "exports", "total"):
-        lines.append(f"| {stage} | {t[stage]:.2f} | {n / t[stage]:.0f} |")
+    for stage in ("read", "lungs", "lesions", "lesion_network", "quantities", "exports", "total"):
+        cells = [f"{run['timings'][stage]:.2f}" if stage in run["timings"] else "--" for _, run in _pipeline_runs(r)]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    lines.append("| peak RSS GiB | " + " | ".join(f"{run['peak_rss_gib']:.2f}" for _, run in _pipeline_runs(r)) + " |")
     lines += [
         "",
-        f"Peak resident memory of the whole run: {r['pipeline_unet']['peak_rss_gib']:.2f} GiB.",
+        f"Peak resident memory of the classical-lungs run: {r['pipeline_unet']['peak_rss_gib']:.2f} GiB.",
         f"K-means engine instead of the U-Net: lesions {r['pipeline_kmeans']['timings']['lesions']:.1f} s, "
         f"total {r['pipeline_kmeans']['timings']['total']:.1f} s, peak {r['pipeline_kmeans']['peak_rss_gib']:.2f} GiB.",
         "",

@@ -34,7 +34,8 @@ def run_scaling(sizes, cache: Path, weights: str, build_scan, dicom_dir, run_chi
     for target in sizes:
         scan = build_scan(cache, thickness_for(target))
         print(f"scaling: {target} slices ...", flush=True)
-        out, peak = run_child(["pipeline", str(dicom_dir(scan)), str(cache / f"out-scaling-{target}"), "unet", weights])
+        out, peak = run_child(["pipeline", str(dicom_dir(scan)), str(cache / f"out-scaling-{target}"), "unet", "classical",
+                                weights])
         rows.append({"target": target, "slices": out["slices"], "timings": out["timings"], "peak_rss_gib": peak,
                      "rss_after_stage_gib": out.get("rss_after_stage_gib", {})})
     return {"rows": rows, "fits": fits(rows)}
