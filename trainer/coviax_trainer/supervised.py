@@ -81,21 +81,24 @@ def case_examples(case_id: str, validation: bool = False) -> list[dict]:
     lung_labels = lung.astype(np.uint8)  # one label is enough for the phantom generator's layout
     out = []
 
-    def add(name: str, hu: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> None:
-        if gtv is not None:
-            labels = add_tumour(labels, hu, gtv & mask)
+    def add(name: str, hu: np.ndarray, labels: np.ndarray, mask: np.ndarray, tumour: np.ndarray | None) -> None:
+        if tumour is not None:
+            labels = add_tumour(labels, hu, tumour & mask)
         keep = np.flatnonzero(mask.any(axis=(1, 2)))
         out.append({"scan": f"{case_id}/{name}", "hu": hu[keep].astype(np.int16), "label": labels[keep],
                     "lung": mask[keep].astype(np.uint8)})
 
     if not validation:
-        add("clean", volume.hu, clean_labels(volume.hu, lung), lung)
+        add("clean", volume.hu, clean_labels(volume.hu, lung), lung, gtv)
     if not case.phantoms:
         return out
     for seed, severity, noise in ((VALIDATION_PHANTOM,) if validation else PHANTOMS):
         phantom = make_phantom(volume, seed, severity, noise_sigma_hu=noise,
                                lungs=LungMask(labels=lung_labels, method="reference"))
-        add(f"phantom-{seed}-{severity}", phantom.volume.hu, phantom.labels, phantom.lungs.labels > 0)
+        # the phantom's own grid: the generator flips z of a left-handed scan (LIDC-IDRI-0001's NIfTI is
+        # one), so the source's tumour mask would land mirrored; the outline is re-rasterised by position
+        tumour = realdata.gtv_mask(case, phantom.volume) if gtv is not None else None
+        add(f"phantom-{seed}-{severity}", phantom.volume.hu, phantom.labels, phantom.lungs.labels > 0, tumour)
     return out
 
 
