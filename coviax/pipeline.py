@@ -161,7 +161,7 @@ def _lungs_and_lesions(volume: Volume, options: SegmentOptions, engine: Engine, 
             lungs = segment_lungs(volume, options.lungs, weights=options.lung_weights, device=options.device)
         with timer.stage("lesions"):
             raw, timer.timings["lesion_network"] = pending.result()
-            lesions = engine.labels_from_raw(raw, lungs, volume.spacing_zyx)
+            lesions = engine.labels_from_raw(raw, lungs, volume)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # a failed lung stage does not wait for the network
     return lungs, lesions

@@ -204,12 +204,12 @@ class UNetEngine:
         return raw[flip]
 
     def segment(self, volume, lungs) -> LesionLabels:
-        return self.labels_from_raw(self.predict_volume(volume), lungs, volume.spacing_zyx)
+        return self.labels_from_raw(self.predict_volume(volume), lungs, volume)
 
-    def labels_from_raw(self, raw: np.ndarray, lungs, spacing_zyx) -> LesionLabels:
+    def labels_from_raw(self, raw: np.ndarray, lungs, volume) -> LesionLabels:
         """The lesion labels from :meth:`predict_volume`'s classes and the lung mask (the one step that
         needs the lungs, so the network can run before or beside the lung stage)."""
-        return LesionLabels(unet_labels(raw, lungs.cavity, spacing_zyx), self.name, self.model_id,
+        return LesionLabels(unet_labels(raw, lungs.cavity, volume), self.name, self.model_id,
                             notes=list(self.notes))
 
 
@@ -227,13 +227,17 @@ def display_flips(direction: np.ndarray) -> tuple[slice, slice, slice]:
     return (slice(None), slice(None, None, -1) if flip_y else slice(None), slice(None, None, -1) if flip_x else slice(None))
 
 
-def unet_labels(raw: np.ndarray, cavity: np.ndarray, spacing_zyx) -> np.ndarray:
-    """What the U-Net engine reports: its classes inside the cavity, lesions without a core dropped
-    (:func:`coviax.lesions.cleanup.drop_coreless_lesions`). The service's workers call it too."""
+def unet_labels(raw: np.ndarray, cavity: np.ndarray, volume) -> np.ndarray:
+    """What the U-Net engine reports: its classes inside the cavity, solid regions enclosed by lung that
+    it calls background labelled opacity (:func:`coviax.lesions.solid.label_enclosed_solid_lesions`),
+    lesions without a core dropped (:func:`coviax.lesions.cleanup.drop_coreless_lesions`). The
+    service's workers call it too."""
     from coviax.lesions.cleanup import drop_coreless_lesions
+    from coviax.lesions.solid import label_enclosed_solid_lesions
 
     labels = combine_with_lungs(raw, cavity)
-    drop_coreless_lesions(labels, spacing_zyx)
+    label_enclosed_solid_lesions(labels, raw, cavity, volume.hu, volume.voxel_volume_ml)
+    drop_coreless_lesions(labels, volume.spacing_zyx)
     return labels
 
 

@@ -109,7 +109,7 @@ class PrecomputedEngine:
         if missing:
             raise MissingPredictions(missing)
         raw = np.stack([self.predictions.get(key, self.predictions.get(f"z:{z}")) for z, key in enumerate(keys)])
-        return LesionLabels(unet_labels(raw, lungs.cavity, volume.spacing_zyx), self.name, self.model_id, notes=list(self.notes))
+        return LesionLabels(unet_labels(raw, lungs.cavity, volume), self.name, self.model_id, notes=list(self.notes))
 
 
 def slice_keys(volume) -> list[str]:
