@@ -122,7 +122,12 @@ def test_auto_without_lungmask_weights_uses_the_hybrid_and_says_so(sample_volume
     assert any(n.startswith("classical method joined:") for n in mask.notes)
     network = segment_lungs(sample_volume, "unet").cavity
     classical = segment_lungs(sample_volume, "classical").cavity
-    assert (mask.cavity >= (network | classical)).all()  # the union (holes filled on top), nothing either kept lost
+    from coviax.lungs.hybrid import ENHANCED_HU
+
+    kept = network | (classical & (sample_volume.hu <= ENHANCED_HU))
+    assert (mask.cavity >= kept).all()  # the union (holes filled on top): nothing either kept lost but blood
+    blood = classical & ~network & (sample_volume.hu > ENHANCED_HU)
+    assert (mask.cavity & blood).sum() < blood.sum()  # left out unless a hole fill encloses it
     litres = mask.cavity.sum() * sample_volume.voxel_volume_ml / 1000
     assert 3.0 < litres < 6.0  # this adult's lungs (the classical method: 4.2-5.5 L with or without closing)
     counts = mask.voxel_counts()
