@@ -59,3 +59,17 @@ def test_vessels_and_tiny_specks_are_left_to_the_network():
     labels = combine_with_lungs(raw, cavity)
     assert label_enclosed_solid_lesions(labels, raw, cavity, hu, voxel_ml=0.001) == 0
     assert (labels[vessel] == Label.VESSEL).all() and labels[speck][0] == Label.HEALTHY_LUNG
+
+
+def test_an_enclosed_hilum_of_fat_vessels_and_air_is_not_a_solid_lesion():
+    """A closing can enclose a hilum: dense, called background, surrounded by lung, but not soft tissue through
+    and through (median -117 HU on the bundled CT)."""
+    hu, cavity, raw = _chest()
+    hilum = np.zeros(hu.shape, bool)
+    hilum[10:20, 25:35, 25:35] = True
+    rng = np.random.default_rng(0)
+    hu[hilum] = rng.choice(np.array([-120, -100, -300, 40], np.int16), size=int(hilum.sum()), p=[0.4, 0.2, 0.2, 0.2])
+    raw[hilum] = Label.BACKGROUND
+    labels = combine_with_lungs(raw, cavity)
+    assert np.median(hu[hilum]) < -50
+    assert label_enclosed_solid_lesions(labels, raw, cavity, hu, voxel_ml=0.001) == 0
