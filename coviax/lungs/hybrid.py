@@ -2,7 +2,7 @@
 
 Why two methods and not one: each loses dense tissue the other keeps. The lung network cuts
 consolidation and solid tumours at the pleura out as if they were chest wall (held-out phantoms:
-5-71 % of pleural consolidation kept; LIDC-IDRI-0001's outlined nodule 22 % inside), but it is
+2-71 % of pleural consolidation kept; LIDC-IDRI-0001's outlined nodule 22 % inside), but it is
 the only method that works on scans cropped to one side of the chest. The classical method's
 20 mm pleural closing keeps what the network drops on whole-chest scans (the LIDC nodule 100 %
 inside, pleural consolidation 61-94 %) and fails on crops (pyCERR: a fifth of the lung). Their
