@@ -39,6 +39,11 @@ log = logging.getLogger("coviax.service")
 PROCESS_EXITS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
+class PortInUseError(CoviaxError, OSError):
+    """A port the server must listen on (gRPC or /metrics) cannot be bound: a start-up error that
+    ``coviax serve`` prints as one line naming the setting to change, not a traceback."""
+
+
 class ServiceError(Exception):
     """An error whose status code is chosen where it is raised (``code``: a status code name)."""
 

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from coviax_api.coviax.v1 import coviax_pb2 as pb
 from coviax_service.auth import BearerTokenInterceptor, Tokens
 from coviax_service.config import ServiceConfig
+from coviax_service.errors import PortInUseError
 from coviax_service.jobs import JobManager
 from coviax_service.metrics import Metrics
 from coviax_service.servicer import CoviaxServicer, add_to_server
@@ -75,20 +76,30 @@ class CoviaxServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.config.host}:{self.config.port}"
-        if self.config.tls_cert:
-            credentials = grpc.ssl_server_credentials(
-                [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())],
-                root_certificates=Path(self.config.tls_client_ca).read_bytes() if self.config.tls_client_ca else None,
-                require_client_auth=bool(self.config.tls_client_ca),
-            )
-            self.port = self.server.add_secure_port(address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if self.config.tls_cert:
+                client_ca = Path(self.config.tls_client_ca).read_bytes() if self.config.tls_client_ca else None
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())],
+                    root_certificates=client_ca, require_client_auth=bool(self.config.tls_client_ca),
+                )
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises "Failed to bind" where older versions returned 0
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot listen on {address}")
+            raise PortInUseError(f"cannot listen for gRPC on {address}: the port is taken or the address is not "
+                                 "this machine's; pick another with --port (COVIAX_PORT)")
         await self.server.start()
         if self.config.metrics_port:
-            self.metrics_port = self.metrics.serve(self.config.metrics_port, host=self.config.host)
+            try:
+                self.metrics_port = self.metrics.serve(self.config.metrics_port, host=self.config.host)
+            except OSError as exc:  # e.g. a second server, or Prometheus itself, on 9090
+                raise PortInUseError(
+                    f"cannot serve /metrics on port {self.config.metrics_port} ({exc.strerror or exc}): pick another "
+                    "with --metrics-port (COVIAX_METRICS_PORT; the default 9090 is also Prometheus's own port), "
+                    "or 0 to turn the metrics endpoint off") from None
         log.info("listening on %s:%d (%s), auth %s; warming up the %s engine",
                  self.config.host, self.port, "TLS" + (" + client certificates" if self.config.tls_client_ca else "")
                  if self.config.tls_cert else "plaintext", "on" if tokens else "off", self.config.engine)
