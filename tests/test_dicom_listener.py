@@ -256,6 +256,39 @@ def test_repush_is_processed_again_only_when_the_content_differs(slices, tmp_pat
     assert (out / "content.txt").read_text().strip() == rec.calls[1]["content"]
 
 
+@needs_dcmtk
+def test_a_failed_reanalysis_leaves_its_error_alone_and_the_previous_results_in_previous(slices, tmp_path):
+    """Issue 31 item 3: error.txt beside the previous run's report.json and seg.dcm was ambiguous."""
+    rec = Recorder()
+
+    def submit(folder: Path, key: str, out: Path, content: str) -> None:
+        if rec.calls:  # the second analysis fails
+            rec.calls.append({"key": key})
+            raise RuntimeError("the service refused the scan")
+        rec(folder, key, out, content)
+        (out / "report.json").write_text("{}\n")
+        (out / "seg.dcm").write_bytes(b"SEG")
+
+    listener = _listener(tmp_path, submit)
+    try:
+        assert _storescu(listener.port, slices).returncode == 0
+        rec.wait(1)
+        f = sorted(slices.glob("*.dcm"))[3]
+        ds = pydicom.dcmread(f)
+        arr = ds.pixel_array.copy()
+        arr[50:70, 50:70] += 40
+        ds.PixelData = arr.tobytes()
+        ds.save_as(f)  # new content: analysed again, and this time it fails
+        assert _storescu(listener.port, slices).returncode == 0
+        out = tmp_path / "listener" / rec.calls[0]["key"]
+        wait_for(lambda: (out / "error.txt").is_file(), timeout=60, what="error.txt of the second analysis")
+    finally:
+        listener.stop()
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["error.txt"]
+    assert "refused the scan" in (out / "error.txt").read_text()
+    assert sorted(p.name for p in (out / "previous").iterdir()) == ["content.txt", "job.txt", "report.json", "seg.dcm"]
+
+
 def test_content_key_depends_on_uids_and_pixels_not_file_names(slices, tmp_path):
     a = content_key(slices)
     renamed = tmp_path / "renamed"

@@ -5,7 +5,9 @@ writes each instance under ``OUT/incoming/SERIES_KEY/`` and, when the series
 is *complete* -- no association is sending to it any more and no new
 instance arrived for ``idle_seconds`` after the last association release --
 submits it with the SDK and writes the result to ``OUT/SERIES_KEY/``
-(report.json, labels.nii.gz, seg.dcm, montage.png, ..., or ``error.txt``).
+(report.json, labels.nii.gz, seg.dcm, montage.png, ..., or ``error.txt``); a series pushed again
+with other content is analysed again from an empty folder, the last run's files moved to
+``OUT/SERIES_KEY/previous/``.
 With a PACS node or a DICOMweb URL configured (:mod:`coviax_client.sender`)
 the SEG, SR and Secondary Capture then go back by C-STORE or STOW-RS.
 
@@ -322,8 +324,7 @@ class DicomListener:
             if done_file.is_file() and done_file.read_text().strip() == content and (out / "job.txt").is_file():
                 log.info("%s unchanged since it was processed (content %s); not processed again", series.key, content[:12])
                 return
-            for stale in ("error.txt", "skipped.txt", "content.txt"):
-                (out / stale).unlink(missing_ok=True)
+            _set_aside_previous(out, series.key)
             if self._submit_takes_content:
                 self.submit(series.folder, series.key, out, content)
             else:
@@ -343,6 +344,21 @@ class DicomListener:
             with self.lock:
                 self._busy.discard(series.folder)
             self.done.set()
+
+
+def _set_aside_previous(out: Path, key: str) -> None:
+    """A re-analysis starts from an empty result folder: the last run's files (its results, or its
+    error.txt / skipped.txt) move to ``previous/``, replacing an older one. So after a failed
+    re-analysis error.txt is alone, never beside a report and SEG of other content."""
+    files = [p for p in out.iterdir() if p.is_file()]
+    if not files:
+        return
+    previous = out / "previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.mkdir()
+    for path in files:
+        path.replace(previous / path.name)
+    log.info("%s: the previous run's %d file(s) moved to previous/", key, len(files))
 
 
 def _arity(func) -> int:
