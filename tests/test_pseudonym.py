@@ -81,6 +81,9 @@ def test_secret_and_mapping_are_owner_only(pseudo, tmp_path):
     os.chmod(tmp_path / "secret", 0o644)
     with pytest.raises(ValueError, match="readable by others"):
         Pseudonymiser(tmp_path / "secret", tmp_path / "map")
+    with pytest.raises(ValueError, match="readable by others"):  # issue 31 item 5: refused, nothing created
+        Pseudonymiser(tmp_path / "secret", tmp_path / "never-made")
+    assert not (tmp_path / "never-made").exists()
     with pytest.raises(ValueError, match="no pseudonym mapping"):
         pseudo.load_mapping("series-unknown")
 
@@ -144,6 +147,7 @@ def test_listener_submitter_uploads_the_pseudonymised_copy_and_reidentifies(pseu
             first = pydicom.dcmread(sorted(Path(folder).glob("*.dcm"))[0], stop_before_pixels=True)
             assert first.PatientID.startswith("COVIAX-") and not deidentify
             self.uploaded = Path(folder)
+            self.keys = (idempotency_key, options["client_ref"])
             self.out = tmp_path / "service"
             run(Path(folder), self.out, SegmentOptions(lungs="classical", engine="threshold",
                                                       outputs=("report", "seg", "sr", "sc")))
@@ -160,6 +164,12 @@ def test_listener_submitter_uploads_the_pseudonymised_copy_and_reidentifies(pseu
     client = FakeClient()
     sdk_submitter(client, pseudonymiser=pseudo)(incoming, "series-x", out, "e" * 64)
     assert not client.uploaded.exists()  # the pseudonymised copy is gone
+    # issue 31 item 1: nothing the service gets is an unkeyed hash of original UIDs
+    idempotency_key, client_ref = client.keys
+    assert "series-x" not in idempotency_key and client_ref != "series-x" and "e" * 16 not in idempotency_key
+    assert client_ref == "series-" + pseudo.reference("series", "series-x")[:16]
+    other = Pseudonymiser(tmp_path / "other-secret", tmp_path / "map2")
+    assert other.reference("series", "series-x") != pseudo.reference("series", "series-x")  # keyed
     source = pydicom.dcmread(sorted(incoming.glob("*.dcm"))[0], stop_before_pixels=True)
     for name in ("seg.dcm", "measurements_sr.dcm", "report_sc.dcm"):
         ds = pydicom.dcmread(out / name, stop_before_pixels=True)

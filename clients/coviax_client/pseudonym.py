@@ -45,8 +45,6 @@ class Pseudonymiser:
     def __init__(self, secret_file, mapping_dir):
         self.secret_file = Path(secret_file)
         self.mapping_dir = Path(mapping_dir)
-        self.mapping_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.mapping_dir, 0o700)
         if not self.secret_file.exists():
             self.secret_file.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -60,6 +58,9 @@ class Pseudonymiser:
         if len(text) < 32:
             raise ValueError(f"{self.secret_file}: the secret must be at least 32 characters (e.g. 64 hex digits)")
         self._key = text.encode()
+        # only now: a refused secret leaves no mapping folder behind
+        self.mapping_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.mapping_dir, 0o700)
 
     # ------------------------------------------------------------ values
 
@@ -68,6 +69,12 @@ class Pseudonymiser:
 
     def patient_pseudonym(self, patient_id: str) -> str:
         return self._digest("patient", patient_id)[:16]
+
+    def reference(self, kind: str, value: str) -> str:
+        """A keyed stand-in (32 hex digits) for a value derived from original identifiers (the listener's
+        series key, the content key over the original SOP Instance UIDs): the service gets this for its
+        client_ref and idempotency key, so whoever holds the original UIDs cannot link its jobs to them."""
+        return self._digest(f"ref-{kind}", value)[:32]
 
     def uid(self, value: str) -> str:
         return "2.25." + str(int(self._digest("uid", value)[:32], 16))

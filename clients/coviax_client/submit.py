@@ -96,6 +96,8 @@ def sdk_submitter(client, deidentify: bool = False, sender=None, pseudonymiser=N
     With ``pseudonymiser`` (:class:`coviax_client.pseudonym.Pseudonymiser`) the images leave with
     consistent pseudonyms and replaced UIDs, and the results are mapped back the same way. The idempotency
     key is the series key plus the content key: the same images give the same job, changed images a new one.
+    Both are plain hashes of original UIDs; under ``pseudonymiser`` the service gets keyed stand-ins
+    (:meth:`~coviax_client.pseudonym.Pseudonymiser.reference`) for them and for ``client_ref``.
     """
     if deidentify and pseudonymiser is not None:
         raise ValueError("choose --deidentify or --pseudonymise, not both")
@@ -106,13 +108,17 @@ def sdk_submitter(client, deidentify: bool = False, sender=None, pseudonymiser=N
         if content is None:
             content = content_key(folder)
         upload, scratch = folder, None
+        client_ref, content_ref = key, content[:32]
         if pseudonymiser is not None:
             scratch = Path(tempfile.mkdtemp(prefix=".pseudonymised-", dir=out))
             pseudonymiser.save_mapping(key, pseudonymiser.copy_series(folder, scratch))
             upload = scratch
+            # the series and content keys are plain hashes of original UIDs: keyed stand-ins leave instead
+            client_ref = "series-" + pseudonymiser.reference("series", key)[:16]
+            content_ref = pseudonymiser.reference("content", content)
         try:
-            result = client.segment(upload, idempotency_key=f"listener-{key}-{content[:32]}", client_ref=key,
-                                    deidentify=deidentify, **options)
+            result = client.segment(upload, idempotency_key=f"listener-{client_ref}-{content_ref}",
+                                    client_ref=client_ref, deidentify=deidentify, **options)
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
