@@ -230,8 +230,9 @@ def test_routing_rules_unit():
 
 
 @needs_dcmtk
-def test_repush_is_processed_again_only_when_the_content_differs(slices, tmp_path):
+def test_repush_is_processed_again_only_when_the_content_differs(slices, tmp_path, caplog):
     rec = Recorder()
+    caplog.set_level("INFO", logger="coviax_client")
     listener = _listener(tmp_path, rec)
     try:
         assert _storescu(listener.port, slices).returncode == 0
@@ -239,6 +240,9 @@ def test_repush_is_processed_again_only_when_the_content_differs(slices, tmp_pat
         assert _storescu(listener.port, slices).returncode == 0  # identical re-push
         time.sleep(2.5)
         assert len(rec.calls) == 1, "an identical re-push was processed again"
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("submitting" in m for m in messages) == 1, messages  # not said for the unchanged re-push
+        assert any("not processed again" in m for m in messages)
         # same UIDs, same count, one slice's pixels changed
         f = sorted(slices.glob("*.dcm"))[5]
         ds = pydicom.dcmread(f)
@@ -254,6 +258,7 @@ def test_repush_is_processed_again_only_when_the_content_differs(slices, tmp_pat
     assert rec.calls[1]["content"] != rec.calls[0]["content"]
     out = tmp_path / "listener" / rec.calls[0]["key"]
     assert (out / "content.txt").read_text().strip() == rec.calls[1]["content"]
+    assert any("every submission finished within" in r.getMessage() for r in caplog.records)  # said on stop
 
 
 @needs_dcmtk
@@ -344,9 +349,16 @@ def test_sigterm_keeps_what_is_in_flight_for_the_next_start(slices, tmp_path):
         assert _storescu(port, slices).returncode == 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.stdout.read()
+        log_text = proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()
+    # issue 31 item 5: log lines carry a timestamp, and stopping says what stays behind
+    import re
+
+    log_lines = [line for line in log_text.splitlines() if "coviax_client" in line]
+    assert log_lines and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) for line in log_lines), log_text
+    assert "stay in incoming/ for the next start" in log_text
     kept = [p for p in (out / "incoming").iterdir() if p.is_dir()]
     assert len(kept) == 1 and len(list(kept[0].glob("*.dcm"))) == N_SLICES
     # the next start picks it up

@@ -185,8 +185,10 @@ def _add_job_parsers(sub, common: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    if args.command in ("dicom-listener", "dicom-send"):
+    long_running = args.command in ("dicom-listener", "dicom-send")  # their logs are read after the fact
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format=("%(asctime)s " if long_running else "") + "%(name)s: %(message)s")
+    if long_running:
         logging.getLogger("coviax_client").setLevel(logging.INFO)
     from coviax_client.batch import ManifestError
     from coviax_client.sdk import CoviaxClientError

@@ -194,6 +194,8 @@ class DicomListener:
         if pending or unfinished:
             log.info("stopped: %d series waiting and %d in submission stay in incoming/ for the next start",
                      len(pending), unfinished)
+        else:  # said too when the grace sufficed: an operator reading the log knows nothing was left behind
+            log.info("stopped: every submission finished within the %g s grace; nothing left in incoming/", grace)
 
     # ------------------------------------------------------------ handlers
 
@@ -305,7 +307,7 @@ class DicomListener:
                                                                for r, n in series.ignored.items()))
                 if series.instances == 0 and not series.folder.exists():
                     continue  # nothing of it was for us
-                log.info("%s complete (%d instances); submitting", series.key, series.instances)
+                log.info("%s complete (%d instances)", series.key, series.instances)
                 self.futures.append(self._pool.submit(self._submit, series))
 
     def _submit(self, series: _Series) -> None:
@@ -325,6 +327,7 @@ class DicomListener:
                 log.info("%s unchanged since it was processed (content %s); not processed again", series.key, content[:12])
                 return
             _set_aside_previous(out, series.key)
+            log.info("%s submitting (content %s)", series.key, content[:12])
             if self._submit_takes_content:
                 self.submit(series.folder, series.key, out, content)
             else:
