@@ -429,6 +429,20 @@ def test_list_jobs_rejects_tokens_and_states_it_never_gave(client):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and match in err.value.details()
         _no_python_in(err.value.details())
     assert stub.ListJobs(pb.ListJobsRequest(state=pb.DONE, page_size=1), timeout=30) is not None
+    # issue 31 item 6: page_size (field 3, a varint) sent length-delimited was kept as an unknown field and the
+    # call answered OK with the default page size
+    list_jobs = client.channel.unary_unary("/coviax.v1.Coviax/ListJobs", response_deserializer=pb.ListJobsResponse.FromString)
+    with pytest.raises(grpc.RpcError) as err:
+        list_jobs(bytes([0x1A, 0x02, 0x01, 0x02]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid coviax.v1.ListJobsRequest" in err.value.details()
+    # the same for a field inside a nested message (a Header's SegmentOptions.max_blobs as bytes) ...
+    from coviax_service.servicer import _deserializer
+
+    options = bytes([0x22, 0x01, 0x05])  # SegmentOptions field 4 (max_blobs, a varint) length-delimited
+    header = bytes([0x0A, len(options) + 2, 0x0A, len(options)]) + options  # Header.options inside SegmentRequest
+    assert type(_deserializer(pb.SegmentRequest)(header)).__name__ == "Malformed"
+    # ... while a field number this server does not know (a newer client's) is still accepted
+    assert list_jobs(bytes([0xF8, 0x06, 0x01]), timeout=30) is not None  # field 111, varint
 
 
 def test_invalid_values_are_refused_not_analysed(client, small_series, tmp_path):
@@ -444,6 +458,10 @@ def test_invalid_values_are_refused_not_analysed(client, small_series, tmp_path)
     with pytest.raises(CoviaxClientError) as err:
         client.segment_array(no_air, (5.0, 1.0, 1.0), outputs=["report"])
     assert err.value.code == "INVALID_ARGUMENT" and "not plausibly Hounsfield units" in err.value.message
+    all_air = np.full((4, 32, 32), -1000, dtype=np.int16)  # issue 31 item 6: was analysed and answered OK
+    with pytest.raises(CoviaxClientError) as err:
+        client.segment_array(all_air, (5.0, 1.0, 1.0), outputs=["report"])
+    assert err.value.code == "INVALID_ARGUMENT" and "every value is air" in err.value.message
     for keyword, value, match in (("RescaleSlope", "NaN", "RescaleSlope (0028,1053)"),
                                   ("PixelSpacing", [0, 0], "PixelSpacing (0028,0030)")):
         broken = tmp_path / keyword

@@ -91,17 +91,28 @@ class Volume:
         return float(np.sign(self.direction[2, 2]) or 1.0)
 
 
+#: A scan whose 99.9th percentile is below this holds no tissue at all (issue 31 item 6: an all-air upload
+#: was analysed and answered OK with an empty lung).
+NO_BODY_HU = -500
+
+
 def check_plausible_hu(values: np.ndarray, where: str, hint: str) -> None:
     """Reject volumes whose values cannot be Hounsfield units of a chest CT.
 
     A chest CT always contains air (outside the body and in the lungs) near
     -1000 HU. Volumes with nothing below -200 are almost surely unrescaled raw
     values or a non-CT image, and would give all-empty lung masks (a known
-    lungmask pitfall).
+    lungmask pitfall). A volume that is air throughout has nothing to measure either.
     """
-    low = float(np.percentile(values[:: max(1, values.shape[0] // 8)], 1))
+    sample = values[:: max(1, values.shape[0] // 8)]
+    low, high = (float(v) for v in np.percentile(sample, (1, 99.9)))
     if low > -200:
         raise ScanError(
             f"{where}: values are not plausibly Hounsfield units (1st percentile {low:.0f}, "
             f"minimum {float(values.min()):.0f}; air in a chest CT is near -1000 HU). {hint}"
+        )
+    if high < NO_BODY_HU:  # nothing denser than air: no body, no vessel, nothing to measure
+        raise ScanError(
+            f"{where}: every value is air (99.9th percentile {high:.0f} HU, maximum {float(values.max()):.0f}); "
+            "a chest CT has a body and vessels above -500 HU. Was the right series sent, and in HU?"
         )

@@ -73,11 +73,35 @@ def _deserializer(message_class):
 
     def deserialize(data: bytes):
         try:
-            return message_class.FromString(data)
+            message = message_class.FromString(data)
         except Exception:  # DecodeError, UnicodeDecodeError, ...: answered INVALID_ARGUMENT by the handler
             return Malformed(name)
+        if _misencoded_field(message):
+            return Malformed(name)
+        return message
 
     return deserialize
+
+
+def _misencoded_field(message) -> bool:
+    """True if a field this API defines arrived with another wire type (e.g. ``page_size`` as bytes).
+
+    protobuf keeps such a field as an *unknown* field and parses the rest, so the call would silently run
+    with the field's default (issue 31 item 6). Unknown field numbers stay accepted: a newer client may
+    send fields this server does not know yet.
+    """
+    from google.protobuf import unknown_fields
+
+    fields = message.DESCRIPTOR.fields_by_number
+    if any(f.field_number in fields for f in unknown_fields.UnknownFieldSet(message)):
+        return True
+    for field, value in message.ListFields():
+        if field.message_type is None or field.message_type.GetOptions().map_entry:
+            continue
+        items = value if field.is_repeated else [value]
+        if any(_misencoded_field(item) for item in items):
+            return True
+    return False
 
 
 def add_to_server(servicer: "CoviaxServicer", server) -> None:
