@@ -210,27 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     weights, weights_note = unet_weights(cache)
     results["unet_weights"] = weights_note
 
-    print("our pipeline, the default path (unet engine, lungs auto) ...", flush=True)
-    default, default_mem = run_child(["pipeline", str(series), str(cache / "out-default"), "unet", "auto", weights])
-    results["pipeline_default"] = {**default, "peak_rss_gib": default_mem}
-    results["slices"] = default["slices"]
-    _save_partial(out, results)
-
-    print("our pipeline (unet engine, classical lungs) ...", flush=True)
-    ours, ours_mem = run_child(["pipeline", str(series), str(cache / "out-unet"), "unet", "classical", weights])
-    results["pipeline_unet"] = {**ours, "peak_rss_gib": ours_mem}
-    _save_partial(out, results)
-
-    print("our pipeline (kmeans engine, classical lungs) ...", flush=True)
-    km, km_mem = run_child(["pipeline", str(series), str(cache / "out-kmeans"), "kmeans", "classical"])
-    results["pipeline_kmeans"] = {**km, "peak_rss_gib": km_mem}
-    _save_partial(out, results)
-
-    if not args.skip_lungmask:
-        print("baseline: lungmask LMInferer on the same scan ...", flush=True)
-        lm, lm_mem = run_child(["lungmask", str(series), lungmask_weights(cache)])
-        results["lungmask"] = {**lm, "peak_rss_gib": lm_mem}
-        _save_partial(out, results)
+    _time_pipelines(results, series, cache, weights, out, skip_lungmask=args.skip_lungmask)
 
     print("quantities: ours vs naive scipy ...", flush=True)
     truth = np.load(scan / "truth_labels.npy")
@@ -262,12 +242,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _time_pipelines(results: dict, series: Path, cache: Path, weights: str, out: Path, skip_lungmask: bool) -> None:
+    """The pipeline runs (default path first) and lungmask's, each in its own process, saved as they end."""
+    print("our pipeline, the default path (unet engine, lungs auto) ...", flush=True)
+    default, default_mem = run_child(["pipeline", str(series), str(cache / "out-default"), "unet", "auto", weights])
+    results["pipeline_default"] = {**default, "peak_rss_gib": default_mem}
+    results["slices"] = default["slices"]
+    _save_partial(out, results)
+
+    print("our pipeline (unet engine, classical lungs) ...", flush=True)
+    ours, ours_mem = run_child(["pipeline", str(series), str(cache / "out-unet"), "unet", "classical", weights])
+    results["pipeline_unet"] = {**ours, "peak_rss_gib": ours_mem}
+    _save_partial(out, results)
+
+    print("our pipeline (kmeans engine, classical lungs) ...", flush=True)
+    km, km_mem = run_child(["pipeline", str(series), str(cache / "out-kmeans"), "kmeans", "classical"])
+    results["pipeline_kmeans"] = {**km, "peak_rss_gib": km_mem}
+    _save_partial(out, results)
+
+    if not skip_lungmask:
+        print("baseline: lungmask LMInferer on the same scan ...", flush=True)
+        lm, lm_mem = run_child(["lungmask", str(series), lungmask_weights(cache)])
+        results["lungmask"] = {**lm, "peak_rss_gib": lm_mem}
+        _save_partial(out, results)
+
+
 def _save_partial(out: Path, results: dict) -> None:
     """What is measured so far, in OUT/results.partial.json: a run that fails late keeps its first hours."""
-    path = out / "results.partial.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    tmp.replace(path)
+    (out / "results.partial.tmp").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    (out / "results.partial.tmp").replace(out / "results.partial.json")
 
 
 def _scaling(args, cache: Path, weights: str) -> dict:
@@ -321,8 +324,23 @@ def _pipeline_runs(r: dict) -> list[tuple[str, dict]]:
     return runs
 
 
-def _stage_header(r: dict) -> str:
-    return "| stage | " + " | ".join(title for title, _ in _pipeline_runs(r)) + " |"
+def _stage_table(r: dict) -> list[str]:
+    """The per-stage section: one column per pipeline run, the default path first."""
+    runs = _pipeline_runs(r)
+    lines = [
+        "## Our pipeline per stage",
+        "",
+        "The default path (`coviax segment` with no options: lungs `auto`) first, then the U-Net engine inside the",
+        "classical lungs (the rows the baselines and the scaling run compare). Outputs: report, SEG, montage.",
+        "",
+        "| stage | " + " | ".join(title for title, _ in runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    for stage in ("read", "lungs", "lesions", "lesion_network", "quantities", "exports", "total"):
+        cells = [f"{run['timings'][stage]:.2f}" if stage in run["timings"] else "--" for _, run in runs]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    lines.append("| peak RSS GiB | " + " | ".join(f"{run['peak_rss_gib']:.2f}" for _, run in runs) + " |")
+    return lines
 
 
 def render(r: dict) -> str:
@@ -337,18 +355,8 @@ def render(r: dict) -> str:
         "as a DICOM series.",
         f"U-Net weights: {r['unet_weights']}.",
         "",
-        "## Our pipeline per stage",
-        "",
-        "The default path (`coviax segment` with no options: lungs `auto`) first, then the U-Net engine inside the",
-        "classical lungs (the rows the baselines and the scaling run compare). Outputs: report, SEG, montage.",
-        "",
-        _stage_header(r),
-        "|---|" + "---:|" * len(_pipeline_runs(r)),
+        *_stage_table(r),
     ]
-    for stage in ("read", "lungs", "lesions", "lesion_network", "quantities", "exports", "total"):
-        cells = [f"{run['timings'][stage]:.2f}" if stage in run["timings"] else "--" for _, run in _pipeline_runs(r)]
-        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    lines.append("| peak RSS GiB | " + " | ".join(f"{run['peak_rss_gib']:.2f}" for _, run in _pipeline_runs(r)) + " |")
     lines += [
         "",
         f"Peak resident memory of the classical-lungs run: {r['pipeline_unet']['peak_rss_gib']:.2f} GiB.",

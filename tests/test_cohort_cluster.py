@@ -86,7 +86,10 @@ def test_killing_a_worker_node_loses_no_scan(cluster, tmp_path):
             if busy:
                 scan, node = sorted(busy.items())[0]
                 c.remove_node(by_prefix[node], allow_graceful=False)
-                # a scan that finished on that node between our look and the kill is not lost work
+                # a scan that finished on that node between our look and the kill is not lost work; the
+                # kill takes a moment to reach the node's workers (CI saw one finish there just after
+                # remove_node returned), so look once the node is surely gone
+                time.sleep(2.0)
                 finished = {s for s in busy if (out / "scans" / s / "outputs" / "node.txt").is_file()}
                 killed.update(node=node, scans=[s for s, n in busy.items() if n == node and s not in finished])
                 return

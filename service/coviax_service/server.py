@@ -75,6 +75,21 @@ class CoviaxServer:
                 response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}),))
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._bind_grpc()
+        await self.server.start()
+        self._serve_metrics()
+        log.info("listening on %s:%d (%s), auth %s; warming up the %s engine",
+                 self.config.host, self.port, "TLS" + (" + client certificates" if self.config.tls_client_ca else "")
+                 if self.config.tls_cert else "plaintext", "on" if tokens else "off", self.config.engine)
+        await self.jobs.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("SERVING (engine %s, model %s, device %s, %d workers)", self.jobs.model_info.engine,
+                 self.jobs.model_info.model, self.jobs.model_info.device, self.config.workers)
+        return self.port
+
+    def _bind_grpc(self) -> None:
+        """Bind the gRPC port (TLS when configured); PortInUseError names the setting to change."""
         address = f"{self.config.host}:{self.config.port}"
         try:
             if self.config.tls_cert:
@@ -91,7 +106,9 @@ class CoviaxServer:
         if not self.port:
             raise PortInUseError(f"cannot listen for gRPC on {address}: the port is taken or the address is not "
                                  "this machine's; pick another with --port (COVIAX_PORT)")
-        await self.server.start()
+
+    def _serve_metrics(self) -> None:
+        """Start /metrics when a port is configured; PortInUseError names the setting to change."""
         if self.config.metrics_port:
             try:
                 self.metrics_port = self.metrics.serve(self.config.metrics_port, host=self.config.host)
@@ -100,15 +117,6 @@ class CoviaxServer:
                     f"cannot serve /metrics on port {self.config.metrics_port} ({exc.strerror or exc}): pick another "
                     "with --metrics-port (COVIAX_METRICS_PORT; the default 9090 is also Prometheus's own port), "
                     "or 0 to turn the metrics endpoint off") from None
-        log.info("listening on %s:%d (%s), auth %s; warming up the %s engine",
-                 self.config.host, self.port, "TLS" + (" + client certificates" if self.config.tls_client_ca else "")
-                 if self.config.tls_cert else "plaintext", "on" if tokens else "off", self.config.engine)
-        await self.jobs.start()
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("SERVING (engine %s, model %s, device %s, %d workers)", self.jobs.model_info.engine,
-                 self.jobs.model_info.model, self.jobs.model_info.device, self.config.workers)
-        return self.port
 
     async def stop(self, drain_seconds: float | None = None) -> None:
         """Drain (NOT_SERVING, no new scans, wait for those in flight), then stop everything."""
