@@ -22,8 +22,8 @@ LIDC_MIN_OUTLINE_POINTS = 3
 
 def lidc_consensus(xml_path: Path, grid) -> np.ndarray:
     """The voxels (array order of the SimpleITK image, or image reader, ``grid``, z y x) that at least
-    LIDC_MIN_READERS readers put inside their largest outlined nodule. LIDC edge maps are the outer boundary in DICOM pixel
-    coordinates (x = column, y = row) at an imageZposition in mm; the boundary counts as inside
+    LIDC_MIN_READERS readers put inside their largest outlined nodule. LIDC edge maps are the outer
+    boundary in DICOM pixel coordinates (x = column, y = row) at an imageZposition in mm; the boundary counts as inside
     (the LIDC convention), ``inclusion FALSE`` outlines are holes. Pixel rows of the XML are those of
     the DICOM images; ``grid``'s physical frame turns the (column, row, z) into its own indices.
     """
